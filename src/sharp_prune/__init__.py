@@ -1,0 +1,46 @@
+"""sharp-prune: training-free visual-token pruning inside Hugging Face video LLMs.
+
+    import sharp_prune as sp
+    handle = sp.apply(model, sp.PruneConfig(method="fastv", retention=0.25, layer=2))
+    out = model.generate(**inputs, max_new_tokens=16)   # prunes once, in prefill
+    handle.last.keep_positions                            # what continued past layer K
+    handle.remove()                                       # the model is as before
+"""
+
+from .adapters import SUPPORTED_MODELS, ModelAdapter
+from .config import PruneConfig
+from .engine import PruneHandle, apply
+from .errors import (
+    AlreadyAppliedError,
+    ConfigError,
+    ConfigTypeError,
+    InputError,
+    SharpPruneError,
+    UnsupportedModelError,
+)
+from .layout import VisualLayout, frame_map_for_span
+from .record import PruneRecord
+from .selectors import Selector, available_methods, register_method
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SUPPORTED_MODELS",
+    "AlreadyAppliedError",
+    "ConfigError",
+    "ConfigTypeError",
+    "InputError",
+    "ModelAdapter",
+    "PruneConfig",
+    "PruneHandle",
+    "PruneRecord",
+    "Selector",
+    "SharpPruneError",
+    "UnsupportedModelError",
+    "VisualLayout",
+    "__version__",
+    "apply",
+    "available_methods",
+    "frame_map_for_span",
+    "register_method",
+]

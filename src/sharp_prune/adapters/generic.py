@@ -1,0 +1,43 @@
+"""Any Hugging Face decoder-only causal LM: the caller declares which positions are visual.
+
+Use `handle.visual_frames(frame_map)` around the call, where `frame_map` is a [batch, seq_len] long
+tensor holding each visual token's frame index and -1 for text (see `frame_map_for_span`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..layout import VisualLayout
+from .base import ModelAdapter
+
+
+def locate_declared(model: nn.Module, inputs: Mapping[str, Any], declared: torch.Tensor | None) -> VisualLayout | None:
+    if declared is None:
+        return None
+    reference = inputs.get("input_ids")
+    if reference is None:
+        reference = inputs.get("inputs_embeds")
+    if reference is None:
+        raise InputError("generic adapter: the forward call has neither input_ids nor inputs_embeds.")
+    shape = tuple(reference.shape[:2])
+    if tuple(declared.shape) != shape:
+        raise InputError(
+            f"generic adapter: the declared frame map has shape {tuple(declared.shape)} but the input is {shape}; "
+            "declare one entry per input token (-1 for text)."
+        )
+    return VisualLayout.from_frame_map(declared.to(reference.device))
+
+
+GENERIC = ModelAdapter(
+    name="generic",
+    class_names=(),
+    decoder_paths=("model", ""),
+    locate=locate_declared,
+    needs_declared_frames=True,
+)

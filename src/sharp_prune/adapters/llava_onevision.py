@@ -1,0 +1,58 @@
+"""LLaVA-OneVision (Qwen2 text model): 5-D `pixel_values_videos`, pooled frames, one trailing newline."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..layout import VisualLayout
+from .base import ModelAdapter, input_ids_or_raise
+
+
+def _tokens_per_frame_side(model: nn.Module) -> int:
+    vision = model.config.vision_config
+    # The video path pools the patch grid 2x2 (bilinear, ceil), see LlavaOnevisionModel.apply_pooling.
+    return math.ceil((vision.image_size // vision.patch_size) / 2)
+
+
+def locate_llava_onevision(
+    model: nn.Module, inputs: Mapping[str, Any], declared: torch.Tensor | None
+) -> VisualLayout | None:
+    """Video tokens are `video_token_id` runs of F * s * s frame tokens plus one newline (kept as text)."""
+    input_ids = input_ids_or_raise("llava_onevision", inputs)
+    side = _tokens_per_frame_side(model)
+    per_frame = side * side
+    video_id = model.config.video_token_id
+    pixel_values_videos = inputs.get("pixel_values_videos")
+    frames = pixel_values_videos.shape[1] if pixel_values_videos is not None else None
+    frame_map = torch.full_like(input_ids, -1)
+    is_video = input_ids == video_id
+    for row in range(input_ids.shape[0]):
+        pos = is_video[row].nonzero().flatten()
+        if pos.numel() == 0:
+            continue
+        f = frames if frames is not None else (pos.numel() - 1) // per_frame
+        per_video = f * per_frame + 1
+        if f < 1 or pos.numel() % per_video:
+            raise InputError(
+                f"llava_onevision: sample {row} has {pos.numel()} video tokens, not a multiple of "
+                f"{f} frames x {per_frame} tokens + 1 newline; build inputs with the model's processor."
+            )
+        for v in range(pos.numel() // per_video):
+            block = pos[v * per_video : (v + 1) * per_video - 1]  # the last token is the newline
+            offset = v * f
+            frame_map[row, block] = torch.arange(f, device=input_ids.device).repeat_interleave(per_frame) + offset
+    return VisualLayout.from_frame_map(frame_map, grid=(side, side))
+
+
+LLAVA_ONEVISION = ModelAdapter(
+    name="llava_onevision",
+    class_names=("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel"),
+    decoder_paths=("model.language_model", "language_model"),
+    locate=locate_llava_onevision,
+)

@@ -1,0 +1,386 @@
+"""The engine: `apply(model, config)` attaches hooks that prune once per prefill, `remove()` undoes it.
+
+Per forward call of the model:
+
+1. model pre-hook: tell prefill from decoding by the cache state; on prefill, locate the visual tokens
+   (adapter) and decide which query rows to score.
+2. attention at layer K-1 (registered function): score the visual tokens from post-RoPE q and k.
+3. layer K pre-hook: select (selector), build the keep plan, slice hidden states, position
+   embeddings, position ids and mask together. Layers > K get the same sliced kwargs.
+4. model post-hook: publish `handle.last`. Layers >= K now cache only kept tokens; on later decoding
+   steps their masks are cut to the same columns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicCache
+
+from . import attention as attn
+from .adapters import ModelAdapter, resolve_adapter
+from .config import PruneConfig
+from .errors import AlreadyAppliedError, ConfigError, ConfigTypeError, InputError
+from .keep_plan import KeepPlan, build_keep_plan, decode_columns, gather_along, slice_layer_inputs, slice_mask
+from .layout import VisualLayout
+from .record import PruneRecord
+from .scoring import attention_received
+from .selectors import SelectionInput, Selector, build_selector
+
+logger = logging.getLogger(__name__)
+
+# model -> its active handle: one handle per model instance.
+_APPLIED: weakref.WeakKeyDictionary[nn.Module, PruneHandle] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _Prefill:
+    """State of one prefill forward (dropped when the forward ends)."""
+
+    layout: VisualLayout
+    seq_len: int
+    budget: int
+    query_index: torch.Tensor | None = None
+    query_valid: torch.Tensor | None = None
+    key_valid: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    plan: KeepPlan | None = None
+    sliced: dict[int, Any] = field(default_factory=dict)  # id(original kwarg) -> sliced value
+
+
+@dataclass
+class _Decode:
+    """Cut masks of layers >= K to the columns their (pruned) cache holds."""
+
+    plan: KeepPlan
+    sliced: dict[int, Any] = field(default_factory=dict)
+
+
+def _query_rows(
+    layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int, which: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[b, R] query positions and validity: the last real token, or every text token after the video."""
+    device = layout.positions.device
+    b = layout.batch_size
+    positions = torch.arange(seq_len, device=device).expand(b, -1)
+    valid = key_valid if key_valid is not None else torch.ones(b, seq_len, dtype=torch.bool, device=device)
+    if which == "last":
+        last = torch.where(valid, positions, -1).max(dim=1).values
+        return last[:, None], torch.ones(b, 1, dtype=torch.bool, device=device)
+    after_video = positions > layout.positions[:, -1:]
+    rows_mask = after_video & valid
+    counts = rows_mask.sum(dim=1)
+    if int(counts.min()) == 0:
+        raise InputError(
+            "scoring with text queries needs at least one text token after the last video token in every "
+            "sample; put the question after the video, or use a method that scores with the last token."
+        )
+    width = int(counts.max())
+    # Stable sort puts each sample's query rows first, in order; pad with the last row, marked invalid.
+    order = torch.sort((~rows_mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    query_valid = torch.arange(width, device=device)[None, :] < counts[:, None]
+    return order, query_valid
+
+
+class PruneHandle:
+    """A pruning setup attached to one model instance; returned by `sharp_prune.apply`.
+
+    Attributes:
+        config: the `PruneConfig`.
+        adapter: the `ModelAdapter` in use.
+        last: `PruneRecord` of the latest prefill (None before the first).
+    """
+
+    def __init__(self, model: nn.Module, config: PruneConfig, adapter: ModelAdapter) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.last: PruneRecord | None = None
+        self._model_ref = weakref.ref(model)
+        self._selector: Selector = build_selector(config)
+        self._decoder = adapter.decoder(model)
+        self._layers = adapter.layers(model)
+        self._attention_modules = [layer.self_attn for layer in self._layers]
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._declared: torch.Tensor | None = None
+        self._prefill: _Prefill | None = None
+        self._decode: _Decode | None = None
+        self._plan_cache: weakref.ref[Cache] | None = None
+        self._last_plan: KeepPlan | None = None
+        self._base_impl = self._decoder.config._attn_implementation
+        self.base_attention = attn.base_attention_for(self._base_impl, self._attention_modules[0])
+        self._drop_position_ids = "flash" in self._base_impl
+        self._forward_params = list(inspect.signature(model.forward).parameters)
+        self._active = False
+
+    # ----------------------------------------------------------------- lifecycle
+    def _attach(self) -> None:
+        model = self._model_ref()
+        k = self.config.layer
+        self._decoder.config._attn_implementation_internal = attn.registered_name(self._base_impl)
+        attn.attach(self._attention_modules, self)
+        self._hooks.append(model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
+        self._hooks.append(model.register_forward_hook(self._on_model_output))
+        for idx in range(k, len(self._layers)):
+            self._hooks.append(
+                self._layers[idx].register_forward_pre_hook(self._layer_hook(idx), with_kwargs=True)
+            )
+        _APPLIED[model] = self
+        self._active = True
+
+    def remove(self) -> None:
+        """Detach every hook and restore the attention implementation; safe to call twice."""
+        if not self._active:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        attn.detach(self._attention_modules)
+        self._decoder.config._attn_implementation_internal = self._base_impl
+        model = self._model_ref()
+        if model is not None and _APPLIED.get(model) is self:
+            del _APPLIED[model]
+        self._prefill = self._decode = None
+        self._plan_cache = None
+        self._active = False
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def __enter__(self) -> PruneHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "removed"
+        return f"PruneHandle({self.config!r}, adapter={self.adapter.name!r}, {state})"
+
+    # ----------------------------------------------------------------- generic adapter
+    def set_visual_frames(self, frame_map: torch.Tensor | None) -> None:
+        """Declare the visual tokens of the next calls (generic adapter): [b, L] frame index, -1 for text."""
+        if frame_map is not None:
+            if not isinstance(frame_map, torch.Tensor) or frame_map.ndim != 2 or frame_map.is_floating_point():
+                raise InputError("the frame map must be an integer tensor of shape [batch, seq_len] (-1 for text).")
+            frame_map = frame_map.long()
+        self._declared = frame_map
+
+    @contextmanager
+    def visual_frames(self, frame_map: torch.Tensor) -> Iterator[PruneHandle]:
+        """Context manager form of `set_visual_frames`; the declaration is cleared on exit."""
+        self.set_visual_frames(frame_map)
+        try:
+            yield self
+        finally:
+            self._declared = None
+
+    # ----------------------------------------------------------------- hooks
+    def _inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        inputs = dict(zip(self._forward_params, args))
+        inputs.update(kwargs)
+        return inputs
+
+    def _on_model_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._prefill = self._decode = None
+        inputs = self._inputs(args, kwargs)
+        cache = inputs.get("past_key_values")
+        if cache is not None and not isinstance(cache, Cache):
+            raise InputError(f"past_key_values of type {type(cache).__name__} is not a transformers Cache.")
+        if cache is not None and cache.get_seq_length() > 0:
+            # Decoding (or a continuation): layers >= K hold the pruned cache of our last prefill.
+            if self._plan_cache is not None and self._plan_cache() is cache and self._last_plan is not None:
+                self._decode = _Decode(plan=self._last_plan)
+            return
+        if cache is not None and type(cache) is not DynamicCache:
+            raise InputError(
+                f"sharp-prune needs a DynamicCache (layers >= K cache fewer tokens), got {type(cache).__name__}; "
+                "do not pass cache_implementation='static' or a pre-built static cache while pruning."
+            )
+        self._plan_cache = None
+        self._last_plan = None
+        layout = self.adapter.locate(module, inputs, self._declared)
+        reference = inputs.get("input_ids")
+        if reference is None:
+            reference = inputs.get("inputs_embeds")
+        seq_len = reference.shape[1]
+        batch = reference.shape[0]
+        if layout is None:
+            self.last = self._empty_record(batch, seq_len)
+            return
+        mask = inputs.get("attention_mask")
+        key_valid = mask.bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+        if key_valid is not None and bool((~key_valid.gather(1, layout.positions)).any()):
+            raise InputError("some visual tokens are masked out as padding in attention_mask; check the inputs.")
+        budget = layout.num_visual if self.config.method == "none" else self.config.budget(layout.num_visual)
+        state = _Prefill(layout=layout, seq_len=seq_len, budget=budget, key_valid=key_valid)
+        if self._selector.query != "none":
+            state.query_index, state.query_valid = _query_rows(layout, key_valid, seq_len, self._selector.query)
+        self._prefill = state
+
+    def observe_attention(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor) -> None:
+        """Called by the registered attention function of every text layer."""
+        state = self._prefill
+        if (
+            state is None
+            or state.query_index is None
+            or state.scores is not None
+            or getattr(module, "layer_idx", None) != self.config.layer - 1
+            or key.shape[2] != state.seq_len
+        ):
+            return
+        scores = attention_received(
+            query, key, state.query_index, state.query_valid, state.key_valid, float(module.scaling)
+        )
+        state.scores = scores.gather(1, state.layout.positions.to(scores.device))
+
+    def _layer_hook(self, idx: int):  # noqa: ANN202 - returns a torch hook
+        def hook(layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if self._prefill is not None:
+                return self._prune_or_reuse(idx, args, kwargs)
+            if self._decode is not None:
+                return self._cut_decode_mask(args, kwargs)
+            return None
+
+        return hook
+
+    def _prune_or_reuse(self, idx: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        state = self._prefill
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if idx == self.config.layer:
+            state.plan = self._select(state, hidden)
+            cache = kwargs.get("past_key_values")
+            self._plan_cache = weakref.ref(cache) if cache is not None else None
+            self._last_plan = state.plan
+            if state.plan.is_identity:
+                return None
+            rest = {k: kwargs[k] for k in ("position_embeddings", "position_ids", "attention_mask") if k in kwargs}
+            new_hidden, sliced = slice_layer_inputs(hidden, rest, state.plan, self._drop_position_ids)
+            for name, value in rest.items():
+                if value is not None:
+                    state.sliced[id(value)] = sliced[name]
+        elif state.plan is None or state.plan.is_identity:
+            return None
+        else:
+            new_hidden = hidden
+        new_kwargs = {k: state.sliced.get(id(v), v) if v is not None else v for k, v in kwargs.items()}
+        if self._drop_position_ids and "position_ids" in new_kwargs:
+            new_kwargs["position_ids"] = None
+        if args:
+            return (new_hidden, *args[1:]), new_kwargs
+        new_kwargs["hidden_states"] = new_hidden
+        return args, new_kwargs
+
+    def _select(self, state: _Prefill, hidden: torch.Tensor) -> KeepPlan:
+        layout = state.layout
+        visual_hidden = None
+        if self._selector.needs_hidden:
+            visual_hidden = gather_along(hidden, layout.positions, dim=1)
+        if self._selector.query != "none" and state.scores is None:
+            raise RuntimeError(
+                f"sharp-prune: layer {self.config.layer - 1} produced no attention scores; was the attention "
+                "implementation changed after apply()?"
+            )
+        selection = self._selector.select(
+            SelectionInput(
+                layout=layout, budget=state.budget, scores=state.scores, hidden=visual_hidden, config=self.config
+            )
+        )
+        plan = build_keep_plan(layout, selection.keep, state.seq_len)
+        scores = selection.scores if selection.scores is not None else state.scores
+        self.last = PruneRecord(
+            method=self.config.method,
+            layer=self.config.layer,
+            seq_len=state.seq_len,
+            kept_len=plan.kept_len,
+            num_visual=[layout.num_visual] * layout.batch_size,
+            budget=[plan.kept_visual.shape[1]] * layout.batch_size,
+            keep_positions=list(plan.kept_visual.cpu().unbind(0)),
+            visual_positions=list(layout.positions.cpu().unbind(0)),
+            frame_ids=list(layout.frame_ids.cpu().unbind(0)),
+            scores=list(scores.detach().float().cpu().unbind(0)) if self.config.record_scores and scores is not None else None,
+            config=self.config.to_dict(),
+        )
+        return plan
+
+    def _cut_decode_mask(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        mask = kwargs.get("attention_mask")
+        if not isinstance(mask, torch.Tensor):
+            return None
+        state = self._decode
+        cut = state.sliced.get(id(mask))
+        if cut is None:
+            cut = slice_mask(mask, None, decode_columns(state.plan, mask.shape[-1]))
+            state.sliced[id(mask)] = cut
+        return args, {**kwargs, "attention_mask": cut}
+
+    def _on_model_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._prefill = None
+        self._decode = None
+
+    def _empty_record(self, batch: int, seq_len: int) -> PruneRecord:
+        return PruneRecord(
+            method=self.config.method,
+            layer=self.config.layer,
+            seq_len=seq_len,
+            kept_len=seq_len,
+            num_visual=[0] * batch,
+            budget=[0] * batch,
+            keep_positions=[torch.empty(0, dtype=torch.long) for _ in range(batch)],
+            config=self.config.to_dict(),
+        )
+
+
+def apply(model: nn.Module, config: PruneConfig | None = None, **overrides: Any) -> PruneHandle:
+    """Attach pruning to `model` (in place, reversibly); returns the `PruneHandle`.
+
+    Args:
+        model: a supported transformers model instance (see `sharp_prune.SUPPORTED_MODELS`).
+        config: the `PruneConfig` (default: `PruneConfig()`).
+        **overrides: fields to change on `config`, e.g. ``apply(model, retention=0.2)``.
+
+    Every check runs before anything is attached: on error the model is left untouched.
+
+    Raises:
+        ConfigTypeError / ConfigError: bad config, or K outside [1, num_layers - 1].
+        UnsupportedModelError: the model is not supported.
+        AlreadyAppliedError: the model already carries an active handle (remove it first).
+    """
+    if config is None:
+        config = PruneConfig()
+    if not isinstance(config, PruneConfig):
+        raise ConfigTypeError(
+            f"sharp_prune.apply expects a PruneConfig, got {type(config).__name__}; "
+            "build one with sharp_prune.PruneConfig(method=..., retention=..., layer=...)."
+        )
+    if overrides:
+        config = config.replace(**overrides)
+    adapter = resolve_adapter(model)
+    existing = _APPLIED.get(model)
+    if existing is not None and existing.active:
+        raise AlreadyAppliedError(
+            "this model already has sharp-prune applied; call handle.remove() before applying another config."
+        )
+    decoder = adapter.decoder(model)
+    num_layers = len(decoder.layers)
+    if not 1 <= config.layer <= num_layers - 1:
+        raise ConfigError(
+            f"PruneConfig.layer={config.layer} is outside [1, {num_layers - 1}] for this model "
+            f"({num_layers} decoder layers); pick K so that at least one layer runs before and after pruning."
+        )
+    impl = decoder.config._attn_implementation
+    if isinstance(impl, str) and impl.startswith(attn.PREFIX):
+        raise AlreadyAppliedError("this model's attention is already wrapped by sharp-prune; remove that handle first.")
+    attn.registered_name(impl)  # validates the base implementation
+    handle = PruneHandle(model, config, adapter)
+    handle._attach()
+    logger.info("sharp-prune: %s on %s (%s)", config, type(model).__name__, adapter.name)
+    return handle

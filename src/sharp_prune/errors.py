@@ -1,0 +1,31 @@
+"""The library's own exception types.
+
+They subclass the built-in types users already catch (``ValueError``, ``TypeError``), so
+``except ValueError`` keeps working, while ``except SharpPruneError`` catches only ours.
+"""
+
+from __future__ import annotations
+
+
+class SharpPruneError(Exception):
+    """Base class of every error raised by sharp-prune."""
+
+
+class ConfigError(SharpPruneError, ValueError):
+    """A `PruneConfig` field has an invalid value, or does not fit the model it is applied to."""
+
+
+class ConfigTypeError(SharpPruneError, TypeError):
+    """A `PruneConfig` field (or an argument of `apply`) has the wrong type."""
+
+
+class UnsupportedModelError(SharpPruneError, ValueError):
+    """The model is not one sharp-prune knows how to prune."""
+
+
+class InputError(SharpPruneError, ValueError):
+    """The inputs of a forward call cannot be pruned as given (checked before any layer runs)."""
+
+
+class AlreadyAppliedError(SharpPruneError, RuntimeError):
+    """`apply` was called on a model that already carries an active sharp-prune handle."""

@@ -1,0 +1,123 @@
+"""Step 5 of the data path: the keep plan, and slicing everything a decoder layer reads by it.
+
+Hidden states, position embeddings, position ids and attention masks are always sliced together, by
+one helper, so that kept tokens keep their original positions (1-D or 3-D M-RoPE alike).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .layout import VisualLayout
+
+
+@dataclass(frozen=True)
+class KeepPlan:
+    """Which original sequence positions continue past layer K.
+
+    Attributes:
+        index: [b, L'] sorted original positions that continue: every non-visual position (text,
+            padding, never-pruned tokens) plus the kept visual ones.
+        kept_visual: [b, B] sorted original positions of the kept visual tokens.
+        seq_len: L, the prefill length the positions refer to.
+    """
+
+    index: torch.Tensor
+    kept_visual: torch.Tensor
+    seq_len: int
+
+    @property
+    def kept_len(self) -> int:
+        return self.index.shape[1]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.kept_len == self.seq_len
+
+
+def build_keep_plan(layout: VisualLayout, keep_local: torch.Tensor, seq_len: int) -> KeepPlan:
+    """Turn a selector's [b, B] local indices into original positions and the full kept index."""
+    kept_visual = layout.positions.gather(1, keep_local.to(layout.positions.device)).sort(dim=1).values
+    b = layout.batch_size
+    keep = torch.ones(b, seq_len, dtype=torch.bool, device=layout.positions.device)
+    keep.scatter_(1, layout.positions, False)
+    keep.scatter_(1, kept_visual, True)
+    index = keep.nonzero()[:, 1].view(b, -1)
+    return KeepPlan(index=index, kept_visual=kept_visual, seq_len=seq_len)
+
+
+def gather_along(tensor: torch.Tensor, index: torch.Tensor, dim: int, batch_dim: int = 0) -> torch.Tensor:
+    """Gather `tensor` along `dim` with a per-sample [b, L'] index, broadcasting a size-1 batch dim."""
+    b, kept = index.shape
+    shape = list(tensor.shape)
+    if shape[batch_dim] == 1 and b > 1:
+        shape[batch_dim] = b
+        tensor = tensor.expand(*shape)
+    view = [1] * tensor.ndim
+    view[batch_dim], view[dim] = b, kept
+    expanded = list(tensor.shape)
+    expanded[dim] = kept
+    return tensor.gather(dim, index.to(tensor.device).view(view).expand(expanded))
+
+
+def slice_mask(mask: Any, rows: torch.Tensor | None, cols: torch.Tensor) -> Any:
+    """Slice an attention mask to kept query rows and key columns.
+
+    Handles None (sdpa's implicit causal mask stays implicit: the kept sequence is still in order), a
+    2-D padding mask [b, L] (flash attention) and a 4-D mask [b, 1, q, kv] (sdpa bool / eager float).
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"sharp-prune cannot slice an attention mask of type {type(mask).__name__}.")
+    if mask.ndim == 2:
+        return gather_along(mask, cols, dim=1)
+    if mask.ndim != 4:
+        raise TypeError(f"sharp-prune cannot slice a {mask.ndim}-D attention mask.")
+    if rows is not None:
+        mask = gather_along(mask, rows, dim=2)
+    return gather_along(mask, cols, dim=3)
+
+
+def decode_columns(plan: KeepPlan, total_len: int) -> torch.Tensor:
+    """Key columns that layers >= K hold after the prefill, for a mask covering `total_len` positions."""
+    b = plan.index.shape[0]
+    new = torch.arange(plan.seq_len, total_len, device=plan.index.device).expand(b, -1)
+    return torch.cat([plan.index, new], dim=1)
+
+
+def slice_layer_inputs(
+    hidden_states: torch.Tensor, kwargs: dict[str, Any], plan: KeepPlan, drop_position_ids: bool = False
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Slice a decoder layer's hidden states and its position/mask kwargs to the keep plan, together.
+
+    Args:
+        hidden_states: [b, L, D] layer input.
+        kwargs: the layer's keyword arguments (`position_embeddings`, `position_ids`, `attention_mask`).
+        plan: the keep plan.
+        drop_position_ids: set `position_ids` to None (flash attention reads gaps in them as packed
+            sequences; RoPE is already in `position_embeddings`).
+
+    Returns:
+        The sliced hidden states and a new kwargs dict.
+    """
+    index = plan.index
+    hidden = gather_along(hidden_states, index, dim=1)
+    out = dict(kwargs)
+    pos_emb = kwargs.get("position_embeddings")
+    if pos_emb is not None:
+        # cos/sin: [b or 1, L, d] (1-D RoPE and Qwen-VL's recomposed M-RoPE alike): sequence at dim -2.
+        out["position_embeddings"] = tuple(gather_along(t, index, dim=t.ndim - 2, batch_dim=t.ndim - 3) for t in pos_emb)
+    position_ids = kwargs.get("position_ids")
+    if drop_position_ids:
+        out["position_ids"] = None
+    elif position_ids is not None:
+        # [b or 1, L] text positions, or [3, b, L] M-RoPE positions.
+        batch_dim = 1 if position_ids.ndim == 3 else 0
+        out["position_ids"] = gather_along(position_ids, index, dim=position_ids.ndim - 1, batch_dim=batch_dim)
+    if "attention_mask" in kwargs:
+        out["attention_mask"] = slice_mask(kwargs["attention_mask"], index, index)
+    return hidden, out

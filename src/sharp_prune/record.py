@@ -1,0 +1,58 @@
+"""`PruneRecord`: what one prefill kept, in original sequence coordinates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class PruneRecord:
+    """Outcome of the latest prefill of a pruned model (`handle.last`).
+
+    Attributes:
+        method: the selector that ran.
+        layer: K, the first layer that saw only the kept tokens.
+        seq_len: L, the prefill length (padded).
+        kept_len: L', the sequence length of layers >= K.
+        num_visual: visual tokens found, per sample.
+        budget: visual slots kept, per sample.
+        keep_positions: per sample, sorted original positions of the visual tokens that continued.
+        visual_positions: per sample, sorted original positions of all visual tokens.
+        frame_ids: per sample, the frame index of each visual token (aligned with `visual_positions`).
+        scores: per sample, the score of each visual token, when `record_scores=True` and the method
+            scores tokens; else None.
+        config: the `PruneConfig` as a dict.
+    """
+
+    method: str
+    layer: int
+    seq_len: int
+    kept_len: int
+    num_visual: list[int]
+    budget: list[int]
+    keep_positions: list[torch.Tensor]
+    visual_positions: list[torch.Tensor] = field(default_factory=list)
+    frame_ids: list[torch.Tensor] = field(default_factory=list)
+    scores: list[torch.Tensor] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def retained_fraction(self) -> list[float]:
+        """Kept / found visual tokens per sample (1.0 where a sample had none)."""
+        return [b / n if n else 1.0 for b, n in zip(self.budget, self.num_visual)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (positions as lists of ints)."""
+        return {
+            "method": self.method,
+            "layer": self.layer,
+            "seq_len": self.seq_len,
+            "kept_len": self.kept_len,
+            "num_visual": self.num_visual,
+            "budget": self.budget,
+            "keep_positions": [p.tolist() for p in self.keep_positions],
+            "config": self.config,
+        }

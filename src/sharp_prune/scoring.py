@@ -1,0 +1,67 @@
+"""Step 2 of the data path: attention that query rows pay to every key, without an N x N matrix.
+
+Only the requested query rows are scored against all keys, in fp32, a few heads at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Upper bound on the fp32 elements of one [b, heads, rows, keys] logits chunk (~64 MB).
+_CHUNK_ELEMENTS = 16 * 1024 * 1024
+
+
+def attention_received(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    query_index: torch.Tensor,
+    query_valid: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scaling: float,
+) -> torch.Tensor:
+    """Mean softmax attention each key receives from the chosen query rows.
+
+    a[h, i, j] = softmax_j(q[h, i] . k[h, j] * scaling) over the causal row of query i (keys j <= i that
+    are not padding); the result is a[h, i, j] averaged over heads h and valid rows i.
+
+    Args:
+        query: [b, H, L, d] post-RoPE queries of the whole prefill sequence.
+        key: [b, H_kv, L, d] post-RoPE keys (H must be a multiple of H_kv: grouped-query attention).
+        query_index: [b, R] sequence positions of the query rows to score.
+        query_valid: [b, R] bool, False for padding entries of `query_index`.
+        key_valid: [b, L] bool, False for padding keys, or None when there is no padding.
+        scaling: the softmax temperature of the layer (usually head_dim ** -0.5).
+
+    Returns:
+        [b, L] fp32 scores; keys no valid row can see get 0.
+    """
+    b, num_heads, seq_len, head_dim = query.shape
+    num_kv = key.shape[1]
+    if num_heads % num_kv:
+        raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv} key heads.")
+    group = num_heads // num_kv
+    rows = query_index.shape[1]
+    # [b, H, R, d] -> [b, H_kv, group * R, d]: each key head scores all rows of its query group at once.
+    gather_index = query_index[:, None, :, None].expand(b, num_heads, rows, head_dim)
+    q_rows = query.gather(2, gather_index).float().reshape(b, num_kv, group * rows, head_dim)
+    keys = key.float()
+
+    positions = torch.arange(seq_len, device=query.device)
+    allowed = positions[None, None, :] <= query_index[:, :, None]  # [b, R, L] causal rows
+    if key_valid is not None:
+        allowed = allowed & key_valid[:, None, :].bool()
+    allowed = allowed & query_valid[:, :, None].bool()
+    allowed = allowed[:, None].expand(b, group, rows, seq_len).reshape(b, 1, group * rows, seq_len)
+
+    total = torch.zeros(b, seq_len, dtype=torch.float32, device=query.device)
+    heads_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, b * group * rows * seq_len))
+    for start in range(0, num_kv, heads_per_chunk):
+        stop = min(num_kv, start + heads_per_chunk)
+        logits = torch.matmul(q_rows[:, start:stop], keys[:, start:stop].transpose(-1, -2)) * scaling
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        # Rows with no allowed key (padding rows) give NaN: zero them.
+        probs = torch.nan_to_num(probs, nan=0.0)
+        total += probs.sum(dim=(1, 2))
+    count = query_valid.sum(dim=1, keepdim=True).clamp(min=1).float() * num_heads
+    return total / count

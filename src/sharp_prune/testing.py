@@ -1,0 +1,170 @@
+"""Tiny random-weight video LLMs of the real transformers classes, and inputs for them.
+
+Real classes and real code paths at toy sizes: for tests, for checking an integration without a GPU,
+and for timing shapes. Random weights give no meaningful attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+
+VIDEO_TOKEN_ID = 251
+IMAGE_TOKEN_ID = 250
+VISION_START_ID = 252
+VISION_END_ID = 253
+PAD_ID = 0
+VOCAB = 256
+TINY_FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
+
+
+def _text_config(num_layers: int, rope: bool) -> dict:
+    config = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=32768,
+        bos_token_id=1,
+        eos_token_id=None,
+        pad_token_id=PAD_ID,
+    )
+    if rope:
+        config["rope_parameters"] = dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0)
+    return config
+
+
+def tiny_model(
+    family: str, num_layers: int = 4, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> PreTrainedModel:
+    """A randomly initialised model of `family` ("llava_onevision", "qwen2_vl", "qwen2_5_vl"), in eval mode."""
+    torch.manual_seed(seed)
+    ids = dict(image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID)
+    if family == "llava_onevision":
+        config = LlavaOnevisionConfig(
+            text_config=dict(model_type="qwen2", **_text_config(num_layers, rope=False)),
+            vision_config=dict(
+                model_type="siglip_vision_model",
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=4,
+            ),
+            image_token_index=IMAGE_TOKEN_ID,
+            video_token_index=VIDEO_TOKEN_ID,
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+        )
+        cls = LlavaOnevisionForConditionalGeneration
+    elif family in ("qwen2_vl", "qwen2_5_vl"):
+        vision = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, depth=1, num_heads=2)
+        if family == "qwen2_vl":
+            vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+            config_cls, cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        else:
+            vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=16,
+                          fullatt_block_indexes=[0])
+            config_cls, cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        config = config_cls(
+            text_config=_text_config(num_layers, rope=True),
+            vision_config=vision,
+            vision_start_token_id=VISION_START_ID,
+            vision_end_token_id=VISION_END_ID,
+            **ids,
+        )
+    else:
+        raise ValueError(f"unknown tiny family {family!r}; choose one of {TINY_FAMILIES}.")
+    config.text_config.bos_token_id = 1
+    config.text_config.eos_token_id = None
+    model = cls(config).to(dtype).eval()
+    model.set_attn_implementation(attn_implementation)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = PAD_ID
+    return model
+
+
+@dataclass(frozen=True)
+class TinyVideo:
+    """Size of the synthetic video of each sample: frames, and tokens per frame side (Qwen-VL only:
+    LLaVA-OV's grid follows from its vision config)."""
+
+    frames: int = 4
+    grid: int = 4  # tokens per frame = grid * grid (after pooling / merging)
+
+
+def tiny_inputs(
+    model: PreTrainedModel,
+    prefix_lens: list[int],
+    suffix_lens: list[int],
+    video: TinyVideo = TinyVideo(),
+    padding_side: str = "left",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Batch of `text prefix + video + text suffix` samples for a tiny model, padded on one side.
+
+    Every sample has the same video size; prefix and suffix lengths may differ per sample.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    family = _family(model)
+    grid = llava_grid(model) if family == "llava_onevision" else video.grid
+    per_frame = grid * grid
+    # LLaVA-OV: F * s * s tokens + 1 newline; Qwen-VL: t temporal patches of (grid x grid) merged tokens.
+    n_video = video.frames * per_frame + (1 if family == "llava_onevision" else 0)
+    rows = []
+    for p, s in zip(prefix_lens, suffix_lens):
+        prefix = torch.randint(3, 200, (p,), generator=generator)
+        suffix = torch.randint(3, 200, (s,), generator=generator)
+        rows.append(torch.cat([prefix, torch.full((n_video,), VIDEO_TOKEN_ID), suffix]))
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), PAD_ID)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(width - len(r), width) if padding_side == "left" else slice(0, len(r))
+        input_ids[i, sl] = r
+        attention_mask[i, sl] = 1
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    b = len(rows)
+    if family == "llava_onevision":
+        size = model.config.vision_config.image_size
+        inputs["pixel_values_videos"] = torch.randn(b, video.frames, 3, size, size, generator=generator)
+    else:
+        merge = model.config.vision_config.spatial_merge_size
+        patch = model.config.vision_config.patch_size
+        temporal = model.config.vision_config.temporal_patch_size
+        h = w = grid * merge
+        patches = video.frames * h * w
+        inputs["pixel_values_videos"] = torch.randn(b * patches, 3 * temporal * patch * patch, generator=generator)
+        inputs["video_grid_thw"] = torch.tensor([[video.frames, h, w]] * b)
+        inputs["mm_token_type_ids"] = (input_ids == VIDEO_TOKEN_ID).int() * 2
+    return inputs
+
+
+def _family(model: PreTrainedModel) -> str:
+    name = type(model).__name__
+    if name.startswith("LlavaOnevision"):
+        return "llava_onevision"
+    if name.startswith("Qwen2_5_VL"):
+        return "qwen2_5_vl"
+    if name.startswith("Qwen2VL"):
+        return "qwen2_vl"
+    raise ValueError(f"no tiny inputs for {name}.")
+
+
+def llava_grid(model: PreTrainedModel) -> int:
+    """Tokens per frame side of a LLaVA-OV model's video path (patch grid pooled 2x2)."""
+    vision = model.config.vision_config
+    return -(-(vision.image_size // vision.patch_size) // 2)
