@@ -1,10 +1,10 @@
 """sharp-prune: training-free visual-token pruning inside Hugging Face video LLMs.
 
-    import sharp_prune as sp
-    handle = sp.apply(model, sp.PruneConfig(method="fastv", retention=0.25, layer=2))
-    out = model.generate(**inputs, max_new_tokens=16)   # prunes once, in prefill
-    handle.last.keep_positions                            # what continued past layer K
-    handle.remove()                                       # the model is as before
+import sharp_prune as sp
+handle = sp.apply(model, sp.PruneConfig(method="fastv", retention=0.25, layer=2))
+out = model.generate(**inputs, max_new_tokens=16)   # prunes once, in prefill
+handle.last.keep_positions                            # what continued past layer K
+handle.remove()                                       # the model is as before
 """
 
 from .adapters import SUPPORTED_MODELS, ModelAdapter

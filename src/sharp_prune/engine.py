@@ -129,9 +129,7 @@ class PruneHandle:
         self._hooks.append(model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
         self._hooks.append(model.register_forward_hook(self._on_model_output))
         for idx in range(k, len(self._layers)):
-            self._hooks.append(
-                self._layers[idx].register_forward_pre_hook(self._layer_hook(idx), with_kwargs=True)
-            )
+            self._hooks.append(self._layers[idx].register_forward_pre_hook(self._layer_hook(idx), with_kwargs=True))
         _APPLIED[model] = self
         self._active = True
 
@@ -185,7 +183,7 @@ class PruneHandle:
 
     # ----------------------------------------------------------------- hooks
     def _inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        inputs = dict(zip(self._forward_params, args))
+        inputs = dict(zip(self._forward_params, args, strict=False))
         inputs.update(kwargs)
         return inputs
 
@@ -306,7 +304,9 @@ class PruneHandle:
             keep_positions=list(plan.kept_visual.cpu().unbind(0)),
             visual_positions=list(layout.positions.cpu().unbind(0)),
             frame_ids=list(layout.frame_ids.cpu().unbind(0)),
-            scores=list(scores.detach().float().cpu().unbind(0)) if self.config.record_scores and scores is not None else None,
+            scores=list(scores.detach().float().cpu().unbind(0))
+            if self.config.record_scores and scores is not None
+            else None,
             config=self.config.to_dict(),
         )
         return plan

@@ -110,7 +110,9 @@ def slice_layer_inputs(
     pos_emb = kwargs.get("position_embeddings")
     if pos_emb is not None:
         # cos/sin: [b or 1, L, d] (1-D RoPE and Qwen-VL's recomposed M-RoPE alike): sequence at dim -2.
-        out["position_embeddings"] = tuple(gather_along(t, index, dim=t.ndim - 2, batch_dim=t.ndim - 3) for t in pos_emb)
+        out["position_embeddings"] = tuple(
+            gather_along(t, index, dim=t.ndim - 2, batch_dim=t.ndim - 3) for t in pos_emb
+        )
     position_ids = kwargs.get("position_ids")
     if drop_position_ids:
         out["position_ids"] = None

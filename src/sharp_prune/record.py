@@ -42,7 +42,7 @@ class PruneRecord:
     @property
     def retained_fraction(self) -> list[float]:
         """Kept / found visual tokens per sample (1.0 where a sample had none)."""
-        return [b / n if n else 1.0 for b, n in zip(self.budget, self.num_visual)]
+        return [b / n if n else 1.0 for b, n in zip(self.budget, self.num_visual, strict=True)]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (positions as lists of ints)."""

@@ -47,7 +47,11 @@ def _text_config(num_layers: int, rope: bool) -> dict:
 
 
 def tiny_model(
-    family: str, num_layers: int = 4, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32, seed: int = 0
+    family: str,
+    num_layers: int = 4,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
 ) -> PreTrainedModel:
     """A randomly initialised model of `family` ("llava_onevision", "qwen2_vl", "qwen2_5_vl"), in eval mode."""
     torch.manual_seed(seed)
@@ -76,8 +80,9 @@ def tiny_model(
             vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
             config_cls, cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
         else:
-            vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=16,
-                          fullatt_block_indexes=[0])
+            vision.update(
+                hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=16, fullatt_block_indexes=[0]
+            )
             config_cls, cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
         config = config_cls(
             text_config=_text_config(num_layers, rope=True),
@@ -125,7 +130,7 @@ def tiny_inputs(
     # LLaVA-OV: F * s * s tokens + 1 newline; Qwen-VL: t temporal patches of (grid x grid) merged tokens.
     n_video = video.frames * per_frame + (1 if family == "llava_onevision" else 0)
     rows = []
-    for p, s in zip(prefix_lens, suffix_lens):
+    for p, s in zip(prefix_lens, suffix_lens, strict=True):
         prefix = torch.randint(3, 200, (p,), generator=generator)
         suffix = torch.randint(3, 200, (s,), generator=generator)
         rows.append(torch.cat([prefix, torch.full((n_video,), VIDEO_TOKEN_ID), suffix]))
@@ -168,3 +173,33 @@ def llava_grid(model: PreTrainedModel) -> int:
     """Tokens per frame side of a LLaVA-OV model's video path (patch grid pooled 2x2)."""
     vision = model.config.vision_config
     return -(-(vision.image_size // vision.patch_size) // 2)
+
+
+def tiny_causal_lm(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised `LlamaForCausalLM` (GQA, RoPE) for the generic adapter."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**_text_config(num_layers, rope=False))
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation(attn_implementation)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = PAD_ID
+    return model
+
+
+def sample_of(inputs: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """Sample `index` of a `tiny_inputs` batch as an unpadded batch of one (one video per sample)."""
+    real = inputs["attention_mask"][index].bool()
+    out = {
+        "input_ids": inputs["input_ids"][index][real][None],
+        "attention_mask": inputs["attention_mask"][index][real][None],
+    }
+    if "video_grid_thw" in inputs:
+        per_video = int(inputs["video_grid_thw"][index].prod())
+        out["pixel_values_videos"] = inputs["pixel_values_videos"][index * per_video : (index + 1) * per_video]
+        out["video_grid_thw"] = inputs["video_grid_thw"][index : index + 1]
+        out["mm_token_type_ids"] = inputs["mm_token_type_ids"][index][real][None]
+    elif "pixel_values_videos" in inputs:
+        out["pixel_values_videos"] = inputs["pixel_values_videos"][index : index + 1]
+    return out

@@ -70,7 +70,7 @@ def uniform_indices(frame_ids: torch.Tensor, budget: int) -> torch.Tensor:
         starts.append(starts[-1] + c)
     picked = [
         start + int((k + 0.5) * count / quota)
-        for start, count, quota in zip(starts, counts_list, quotas)
+        for start, count, quota in zip(starts, counts_list, quotas, strict=True)
         for k in range(quota)
     ]
     return torch.tensor(picked, dtype=torch.long, device=frame_ids.device)

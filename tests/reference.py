@@ -1,0 +1,55 @@
+"""Hand-written reference of a pruned forward, independent of the engine.
+
+Layers 0..K-1 run at full length, hidden states and position embeddings are gathered by the keep
+index, layers K..end run on what is left. It reuses the model's own embedding and vision path (by
+capturing the decoder's inputs in an unpruned call) but none of sharp-prune's code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def decoder_inputs(model: nn.Module, decoder: nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """inputs_embeds and RoPE position ids the decoder receives in an unpruned forward of `inputs`."""
+    captured: dict = {}
+
+    def grab(module, args, kwargs):
+        captured.update(kwargs)
+        if args:
+            captured.setdefault("input_ids", args[0])
+
+    hook = decoder.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs, use_cache=False)
+    finally:
+        hook.remove()
+    embeds = captured.get("inputs_embeds")
+    if embeds is None:
+        embeds = decoder.embed_tokens(captured["input_ids"])
+    positions = captured.get("position_ids")
+    if positions is None:
+        positions = torch.arange(embeds.shape[1])[None]
+    if positions.ndim == 3 and positions.shape[0] == 4:  # Qwen-VL: text row + 3-D rows
+        positions = positions[1:]
+    return embeds, positions
+
+
+@torch.no_grad()
+def reference_logits(
+    model: nn.Module, decoder: nn.Module, inputs: dict, keep_index: torch.Tensor, layer: int
+) -> torch.Tensor:
+    """Logits of the kept positions for a batch of one unpadded sample (causal sdpa, no mask)."""
+    embeds, positions = decoder_inputs(model, decoder, inputs)
+    cos, sin = decoder.rotary_emb(embeds, positions)
+    hidden = embeds
+    for block in decoder.layers[:layer]:
+        hidden = block(hidden, attention_mask=None, position_embeddings=(cos, sin))
+    keep = keep_index.view(-1)
+    hidden = hidden[:, keep]
+    kept_embeddings = (cos[:, keep], sin[:, keep])
+    for block in decoder.layers[layer:]:
+        hidden = block(hidden, attention_mask=None, position_embeddings=kept_embeddings)
+    return model.lm_head(decoder.norm(hidden))
