@@ -39,16 +39,26 @@ def decoder_inputs(model: nn.Module, decoder: nn.Module, inputs: dict) -> tuple[
 
 @torch.no_grad()
 def reference_logits(
-    model: nn.Module, decoder: nn.Module, inputs: dict, keep_index: torch.Tensor, layer: int
+    model: nn.Module,
+    decoder: nn.Module,
+    inputs: dict,
+    keep_index: torch.Tensor,
+    layer: int,
+    pre_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Logits of the kept positions for a batch of one unpadded sample (causal sdpa, no mask)."""
+    """Logits of the kept positions for a batch of one unpadded sample (causal sdpa, no mask).
+
+    `keep_index` holds the original positions that continue past `layer`; `pre_index`, when given, the
+    original positions that enter layer 0 (a pre-LLM stage). Both keep original RoPE positions.
+    """
     embeds, positions = decoder_inputs(model, decoder, inputs)
     cos, sin = decoder.rotary_emb(embeds, positions)
-    hidden = embeds
+    entering = pre_index.view(-1) if pre_index is not None else torch.arange(embeds.shape[1])
+    hidden = embeds[:, entering]
     for block in decoder.layers[:layer]:
-        hidden = block(hidden, attention_mask=None, position_embeddings=(cos, sin))
+        hidden = block(hidden, attention_mask=None, position_embeddings=(cos[:, entering], sin[:, entering]))
     keep = keep_index.view(-1)
-    hidden = hidden[:, keep]
+    hidden = hidden[:, torch.searchsorted(entering, keep)]
     kept_embeddings = (cos[:, keep], sin[:, keep])
     for block in decoder.layers[layer:]:
         hidden = block(hidden, attention_mask=None, position_embeddings=kept_embeddings)

@@ -2,9 +2,9 @@
 
 `apply` switches the text decoder's `config._attn_implementation` to ``sharp_prune_<base>``, registered
 with both `AttentionInterface` and `AttentionMaskInterface` (without the mask entry, transformers would
-build no causal mask for it). The wrapper hands query/key to the owning handle (to score visual
-tokens at layer K-1, post-RoPE, without an N x N matrix) and then calls the base implementation
-unchanged. Modules that belong to no handle just run the base implementation.
+build no causal mask for it). The wrapper hands query/key/value to the owning handle, which scores
+visual tokens at layer K-1 (post-RoPE, without an N x N matrix) and, under SegM, returns the
+segment-aware attention of layers < K; otherwise the base implementation runs unchanged. Modules that belong to no handle just run the base implementation.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ SUPPORTED_BASES = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "f
 class AttentionObserver(Protocol):
     base_attention: Callable[..., Any]
 
-    def observe_attention(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor) -> None: ...
+    def observe_attention(
+        self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Look at q/k/v; return an attention output ([b, L, H, d]) to use instead of the base one, or None."""
 
 
 # attention module -> the handle that owns it (weak both ways: no handle keeps a model alive)
@@ -64,7 +67,9 @@ def _make_wrapper(base: str) -> Callable[..., Any]:
         observer = _OBSERVERS.get(module)
         if observer is None:
             return base_attention_for(base, module)(module, query, key, value, attention_mask, **kwargs)
-        observer.observe_attention(module, query, key)
+        replaced = observer.observe_attention(module, query, key, value)
+        if replaced is not None:
+            return replaced, None
         return observer.base_attention(module, query, key, value, attention_mask, **kwargs)
 
     sharp_prune_attention.__name__ = f"{PREFIX}{base}"

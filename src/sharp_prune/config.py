@@ -22,6 +22,17 @@ def _check_type(name: str, value: Any, types: type | tuple[type, ...], hint: str
         raise ConfigTypeError(f"PruneConfig.{name} must be {hint}, got {type(value).__name__} {value!r}.")
 
 
+def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"PruneConfig.{name}={value!r} is not one of {choices}.")
+
+
+def _check_range(name: str, value: Any, low: float, high: float) -> None:
+    _check_type(name, value, (int, float), "a number")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"PruneConfig.{name}={value!r} is outside [{low}, {high}].")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """How to prune visual tokens inside the language model.
@@ -35,7 +46,24 @@ class PruneConfig:
             Attention scores are read at layer K - 1.
         seed: seed of the `random` selector (and of any other randomised step); the same input and seed
             always give the same keep plan.
-        record_scores: also keep the per-token scores in `PruneRecord.scores` (off by default: copies).
+        record_scores: also keep per-token scores in the record (off by default: copies).
+
+    ShaRP (`method="sharp"`, see docs/method.md; every constant is a default to sweep, not a truth):
+        sharp_query: "text" (every text token after the video scores) or "last" (the last token).
+        segm: segment-aware causal masking in layers 0..K-1. segm_tau: cut between frames whose
+            descriptor cosine is below it. segm_max_segments: cap on segments. segm_within: "causal" or
+            "bidirectional" attention inside a segment.
+        posc: positional bias calibration against a content-free (black-frame) prior. posc_lambda,
+            posc_mode ("subtract": s - lambda * b, "divide": s / (b + eps)), posc_prior ("per_input"
+            or "cached": reuse the prior of an identical token layout), posc_blank_token_id (generic
+            adapter: the token whose embedding stands for a blank frame; default the pad token).
+        regd: register token deduplication. regd_delta: cosine above which a token duplicates a kept
+            one. regd_rho: share of the selection taken by farthest-point sampling. regd_registers:
+            registers (default: one per segment, at most B // 8). regd_merge: kept tokens absorb the
+            mean of their duplicates.
+        feather_uniform: share of the `feather` budget taken by a uniform stride.
+        pre: None or "temporal_merge" (drop a video token whose input embedding has cosine above
+            pre_threshold with the same spatial token of the previous frame, before the LLM).
     """
 
     method: str = "fastv"
@@ -43,6 +71,27 @@ class PruneConfig:
     layer: int = 2
     seed: int = 0
     record_scores: bool = False
+    # ShaRP (method="sharp"): which query rows score, and the three components with their constants.
+    sharp_query: str = "text"
+    segm: bool = True
+    segm_tau: float = 0.9
+    segm_max_segments: int = 8
+    segm_within: str = "causal"
+    posc: bool = True
+    posc_lambda: float = 1.0
+    posc_mode: str = "subtract"
+    posc_prior: str = "per_input"
+    posc_blank_token_id: int | None = None
+    regd: bool = True
+    regd_delta: float = 0.9
+    regd_rho: float = 0.2
+    regd_registers: int | None = None
+    regd_merge: bool = True
+    # Baselines.
+    feather_uniform: float = 0.5
+    # Pre-LLM stage, composable with every method.
+    pre: str | None = None
+    pre_threshold: float = 0.9
 
     def __post_init__(self) -> None:
         # Imported here: the selector registry imports this module.
@@ -66,7 +115,33 @@ class PruneConfig:
                 f"PruneConfig.layer={self.layer} must be >= 1: scores are read at layer K-1, tokens dropped before K."
             )
         _check_type("seed", self.seed, int, "an int")
-        _check_type("record_scores", self.record_scores, bool, "a bool")
+        for name in ("record_scores", "segm", "posc", "regd", "regd_merge"):
+            _check_type(name, getattr(self, name), bool, "a bool")
+        _check_choice("sharp_query", self.sharp_query, ("text", "last"))
+        _check_choice("segm_within", self.segm_within, ("causal", "bidirectional"))
+        _check_choice("posc_mode", self.posc_mode, ("subtract", "divide"))
+        _check_choice("posc_prior", self.posc_prior, ("per_input", "cached"))
+        _check_choice("pre", self.pre, (None, "temporal_merge"))
+        for name, low, high in (
+            ("segm_tau", -1.0, 1.0),
+            ("regd_delta", -1.0, 1.0),
+            ("pre_threshold", -1.0, 1.0),
+            ("regd_rho", 0.0, 1.0),
+            ("feather_uniform", 0.0, 1.0),
+        ):
+            _check_range(name, getattr(self, name), low, high)
+        _check_type("posc_lambda", self.posc_lambda, (int, float), "a number")
+        if not math.isfinite(self.posc_lambda) or self.posc_lambda < 0:
+            raise ConfigError(f"PruneConfig.posc_lambda={self.posc_lambda!r} must be a finite number >= 0.")
+        _check_type("segm_max_segments", self.segm_max_segments, int, "an int")
+        if self.segm_max_segments < 1:
+            raise ConfigError(f"PruneConfig.segm_max_segments={self.segm_max_segments} must be >= 1.")
+        for name in ("posc_blank_token_id", "regd_registers"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_type(name, value, int, "an int or None")
+                if value < 0:
+                    raise ConfigError(f"PruneConfig.{name}={value} must be >= 0 (or None for the default).")
 
     def budget(self, num_visual: int) -> int:
         """Visual slots that continue past layer K for a sample with `num_visual` visual tokens."""

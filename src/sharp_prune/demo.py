@@ -76,8 +76,10 @@ def run_demo(retention: float = 0.3, layer: int = 2) -> list[dict]:
     model, tokenizer = load_smollm2()
     prompt = build_prompt(tokenizer)
     n_visual = int((prompt.frame_map >= 0).sum())
-    print(f"SmolLM2-135M-Instruct, {prompt.input_ids.shape[1]} tokens, {n_visual} of them 'visual' "
-          f"({n_visual // (len(SCENES) * FRAMES_PER_SCENE)} per frame on average)")
+    print(
+        f"SmolLM2-135M-Instruct, {prompt.input_ids.shape[1]} tokens, {n_visual} of them 'visual' "
+        f"({n_visual // (len(SCENES) * FRAMES_PER_SCENE)} per frame on average)"
+    )
     print(f"Question: {QUESTION}\n")
     rows = []
     answer, prefill = _answer(model, tokenizer, prompt)
@@ -94,5 +96,7 @@ def run_demo(retention: float = 0.3, layer: int = 2) -> list[dict]:
     print(f"{'method':<{width}}  kept  prefill   answer")
     for r in rows:
         print(f"{r['method']:<{width}}  {r['kept']:>4}  {r['prefill_s'] * 1000:5.0f} ms  {r['answer']}")
-    print(f"\nretention={retention}, layer K={layer}; prefill = median of 3 forwards of the prompt after a warm-up, measured here.")
+    print(
+        f"\nretention={retention}, layer K={layer}; prefill = median of 3 forwards of the prompt after a warm-up, measured here."
+    )
     return rows

@@ -32,7 +32,10 @@ from .errors import AlreadyAppliedError, ConfigError, ConfigTypeError, InputErro
 from .keep_plan import KeepPlan, build_keep_plan, decode_columns, gather_along, slice_layer_inputs, slice_mask
 from .layout import VisualLayout
 from .record import PruneRecord
+from .posc import tile_blank_frame
+from .pre_stage import temporal_merge_keep
 from .scoring import attention_received
+from .segm import frame_descriptors, segment_attention, segment_frames
 from .selectors import SelectionInput, Selector, build_selector
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,14 @@ class _Prefill:
     query_valid: torch.Tensor | None = None
     key_valid: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    prior: torch.Tensor | None = None
+    embeds: torch.Tensor | None = None  # [b, L, D] input embeddings of the decoder
+    segments: torch.Tensor | None = None  # [b, N] segment id of each visual token
+    segment_map: torch.Tensor | None = None  # [b, L] segment id, -1 for non-visual (SegM mask)
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin of layer K-1 (to remove RoPE)
+    phase: str = "real"  # "prior" while PosC's content-free pass runs
+    pre_plan: KeepPlan | None = None  # what the pre-LLM stage kept (original coordinates)
+    original_layout: VisualLayout | None = None  # the layout before the pre-LLM stage
     plan: KeepPlan | None = None
     sliced: dict[int, Any] = field(default_factory=dict)  # id(original kwarg) -> sliced value
 
@@ -61,6 +72,7 @@ class _Decode:
     """Cut masks of layers >= K to the columns their (pruned) cache holds."""
 
     plan: KeepPlan
+    pre_plan: KeepPlan | None = None
     sliced: dict[int, Any] = field(default_factory=dict)
 
 
@@ -90,6 +102,43 @@ def _query_rows(
     return order, query_valid
 
 
+def _remove_rope(
+    query: torch.Tensor, key: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undo `apply_rotary_pos_emb` (rotate-half convention): x = (y cos - rot(y) sin) / (cos^2 + sin^2)."""
+    if rope is None:
+        raise RuntimeError("sharp-prune: no position embeddings seen at layer K-1, cannot remove RoPE.")
+    cos, sin = (t.unsqueeze(1).float() for t in rope)
+    norm = cos * cos + sin * sin
+
+    def unrotate(y: torch.Tensor) -> torch.Tensor:
+        y = y.float()
+        half = y.shape[-1] // 2
+        rotated = torch.cat((-y[..., half:], y[..., :half]), dim=-1)
+        return (y * cos - rotated * sin) / norm
+
+    return unrotate(query), unrotate(key)
+
+
+def _rows(tensor: torch.Tensor | None) -> list[torch.Tensor] | None:
+    return None if tensor is None else list(tensor.detach().cpu().unbind(0))
+
+
+def _layout_key(layout: VisualLayout, state: _Prefill) -> tuple:
+    """What PosC's cached prior depends on: the token layout (and segments), not the content."""
+    rows = []
+    for row in range(layout.batch_size):
+        valid = state.key_valid[row] if state.key_valid is not None else None
+        first_real = int(valid.nonzero()[0]) if valid is not None else 0
+        queries = int(state.query_valid[row].sum()) if state.query_valid is not None else 0
+        frames = tuple(torch.unique_consecutive(layout.frame_ids[row], return_counts=True)[1].tolist())
+        segments = ()
+        if state.segments is not None:
+            segments = tuple(torch.unique_consecutive(state.segments[row], return_counts=True)[1].tolist())
+        rows.append((first_real, int(layout.positions[row, 0]) - first_real, frames, queries, segments))
+    return (state.seq_len, tuple(rows))
+
+
 class PruneHandle:
     """A pruning setup attached to one model instance; returned by `sharp_prune.apply`.
 
@@ -114,6 +163,9 @@ class PruneHandle:
         self._decode: _Decode | None = None
         self._plan_cache: weakref.ref[Cache] | None = None
         self._last_plan: KeepPlan | None = None
+        self._last_pre_plan: KeepPlan | None = None
+        self._prior_cache: dict[tuple, torch.Tensor] = {}
+        self._blank_frames: dict[tuple, torch.Tensor] = {}
         self._base_impl = self._decoder.config._attn_implementation
         self.base_attention = attn.base_attention_for(self._base_impl, self._attention_modules[0])
         self._drop_position_ids = "flash" in self._base_impl
@@ -128,6 +180,11 @@ class PruneHandle:
         attn.attach(self._attention_modules, self)
         self._hooks.append(model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
         self._hooks.append(model.register_forward_hook(self._on_model_output))
+        selector = self._selector
+        if selector.needs_segments or selector.needs_prior or self.config.pre is not None:
+            self._hooks.append(self._decoder.register_forward_pre_hook(self._on_decoder_forward, with_kwargs=True))
+        if not selector.rope:
+            self._hooks.append(self._layers[k - 1].register_forward_pre_hook(self._keep_rope, with_kwargs=True))
         for idx in range(k, len(self._layers)):
             self._hooks.append(self._layers[idx].register_forward_pre_hook(self._layer_hook(idx), with_kwargs=True))
         _APPLIED[model] = self
@@ -196,7 +253,7 @@ class PruneHandle:
         if cache is not None and cache.get_seq_length() > 0:
             # Decoding (or a continuation): layers >= K hold the pruned cache of our last prefill.
             if self._plan_cache is not None and self._plan_cache() is cache and self._last_plan is not None:
-                self._decode = _Decode(plan=self._last_plan)
+                self._decode = _Decode(plan=self._last_plan, pre_plan=self._last_pre_plan)
             return
         if cache is not None and type(cache) is not DynamicCache:
             raise InputError(
@@ -204,7 +261,7 @@ class PruneHandle:
                 "do not pass cache_implementation='static' or a pre-built static cache while pruning."
             )
         self._plan_cache = None
-        self._last_plan = None
+        self._last_plan = self._last_pre_plan = None
         layout = self.adapter.locate(module, inputs, self._declared)
         reference = inputs.get("input_ids")
         if reference is None:
@@ -224,21 +281,144 @@ class PruneHandle:
             state.query_index, state.query_valid = _query_rows(layout, key_valid, seq_len, self._selector.query)
         self._prefill = state
 
-    def observe_attention(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor) -> None:
-        """Called by the registered attention function of every text layer."""
+    def _on_decoder_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Prefill: keep the input embeddings (SegM descriptors, PosC's blank copy) and segment frames."""
         state = self._prefill
-        if (
-            state is None
-            or state.query_index is None
-            or state.scores is not None
-            or getattr(module, "layer_idx", None) != self.config.layer - 1
-            or key.shape[2] != state.seq_len
-        ):
-            return
-        scores = attention_received(
-            query, key, state.query_index, state.query_valid, state.key_valid, float(module.scaling)
+        if state is None:
+            if self._decode is not None and self._decode.pre_plan is not None:
+                return self._pre_stage_decode(args, kwargs)
+            return None
+        embeds = kwargs.get("inputs_embeds")
+        new_kwargs = None
+        if embeds is None:
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            embeds = module.embed_tokens(input_ids)
+            # hand the decoder the embeddings we computed, so that the lookup runs once
+            new_kwargs = {**kwargs, "input_ids": None, "inputs_embeds": embeds}
+            args = args[1:] if args else args
+        if self.config.pre == "temporal_merge":
+            embeds, new_kwargs = self._pre_stage(state, embeds, new_kwargs or dict(kwargs))
+        state.embeds = embeds
+        if self._selector.needs_segments:
+            state.segments = self._segment(state.layout, embeds)
+            if self._selector.segment_mask:
+                state.segment_map = torch.full(embeds.shape[:2], -1, dtype=torch.long, device=embeds.device)
+                state.segment_map.scatter_(1, state.layout.positions, state.segments)
+        return (args, new_kwargs) if new_kwargs is not None else None
+
+    def _pre_stage(
+        self, state: _Prefill, embeds: torch.Tensor, kwargs: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Drop temporal duplicates before layer 0; later stages work on the shorter sequence."""
+        layout = state.layout
+        visual = gather_along(embeds, layout.positions, dim=1)
+        keep = torch.stack(
+            [
+                temporal_merge_keep(visual[row], layout.frame_ids[row], self.config.pre_threshold)
+                for row in range(layout.batch_size)
+            ]
         )
-        state.scores = scores.gather(1, state.layout.positions.to(scores.device))
+        counts = keep.sum(dim=1).tolist()
+        if len(set(counts)) != 1:
+            raise InputError(
+                f"pre='temporal_merge' kept {counts} video tokens in the samples of this batch; samples must "
+                "keep the same number to be batched. Run them one at a time, or drop the pre-LLM stage."
+            )
+        if counts[0] == layout.num_visual:
+            return embeds, kwargs
+        local = keep.nonzero()[:, 1].view(layout.batch_size, -1)
+        pre_plan = build_keep_plan(layout, local, state.seq_len)
+        index = pre_plan.index
+        attention_mask = kwargs.get("attention_mask")
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim != 2:
+            raise InputError("pre='temporal_merge' needs a 2-D attention_mask (or none), not a prepared 4-D mask.")
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None:
+            position_ids = torch.arange(state.seq_len, device=embeds.device)[None]
+        batch_dim = 1 if position_ids.ndim == 3 else 0
+        new_kwargs = {
+            **kwargs,
+            "input_ids": None,
+            "inputs_embeds": gather_along(embeds, index, dim=1),
+            "position_ids": gather_along(position_ids, index, dim=position_ids.ndim - 1, batch_dim=batch_dim),
+        }
+        if attention_mask is not None:
+            new_kwargs["attention_mask"] = gather_along(attention_mask, index, dim=1)
+        # Re-express the prefill in the shorter sequence's coordinates.
+        state.original_layout = layout
+        state.pre_plan = pre_plan
+        state.layout = VisualLayout(
+            positions=torch.searchsorted(index, pre_plan.kept_visual),
+            frame_ids=layout.frame_ids.gather(1, local),
+            grid=layout.grid,
+        )
+        state.seq_len = index.shape[1]
+        if state.key_valid is not None:
+            state.key_valid = gather_along(state.key_valid, index, dim=1)
+        state.budget = (
+            state.layout.num_visual if self.config.method == "none" else self.config.budget(state.layout.num_visual)
+        )
+        if self._selector.query != "none":
+            state.query_index, state.query_valid = _query_rows(
+                state.layout, state.key_valid, state.seq_len, self._selector.query
+            )
+        return new_kwargs["inputs_embeds"], new_kwargs
+
+    def _pre_stage_decode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Decoding after a pre-LLM stage: every layer's cache lacks the merged tokens."""
+        pre_plan = self._decode.pre_plan
+        new_kwargs = dict(kwargs)
+        attention_mask = kwargs.get("attention_mask")
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
+            new_kwargs["attention_mask"] = gather_along(
+                attention_mask, decode_columns(pre_plan, attention_mask.shape[1]), dim=1
+            )
+        if kwargs.get("position_ids") is None:
+            cache = kwargs.get("past_key_values")
+            reference = kwargs.get("inputs_embeds")
+            if reference is None:
+                reference = kwargs.get("input_ids", args[0] if args else None)
+            dropped = pre_plan.seq_len - pre_plan.kept_len
+            start = (cache.get_seq_length() if cache is not None else pre_plan.kept_len) + dropped
+            new_kwargs["position_ids"] = torch.arange(start, start + reference.shape[1], device=reference.device)[None]
+        return args, new_kwargs
+
+    def _segment(self, layout: VisualLayout, embeds: torch.Tensor) -> torch.Tensor:
+        visual = gather_along(embeds, layout.positions, dim=1)
+        rows = []
+        for row in range(layout.batch_size):
+            descriptors = frame_descriptors(visual[row], layout.frame_ids[row])
+            frame_segments = segment_frames(descriptors, self.config.segm_tau, self.config.segm_max_segments)
+            rows.append(frame_segments[layout.frame_ids[row]])
+        return torch.stack(rows)
+
+    def _keep_rope(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._prefill is not None:
+            self._prefill.rope = kwargs.get("position_embeddings")
+
+    def observe_attention(
+        self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Called by the registered attention function of every text layer (see `attention.py`)."""
+        state = self._prefill
+        layer_idx = getattr(module, "layer_idx", None)
+        if state is None or layer_idx is None or layer_idx >= self.config.layer or key.shape[2] != state.seq_len:
+            return None
+        if layer_idx == self.config.layer - 1 and state.query_index is not None:
+            q, k = (query, key) if self._selector.rope else _remove_rope(query, key, state.rope)
+            scores = attention_received(
+                q, k, state.query_index, state.query_valid, state.key_valid, float(module.scaling)
+            )
+            scores = scores.gather(1, state.layout.positions.to(scores.device))
+            if state.phase == "prior":
+                state.prior = scores
+            else:
+                state.scores = scores
+        if state.segment_map is not None:
+            return segment_attention(
+                query, key, value, state.segment_map, state.key_valid, float(module.scaling), self.config.segm_within
+            )
+        return None
 
     def _layer_hook(self, idx: int):  # noqa: ANN202 - returns a torch hook
         def hook(layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -254,10 +434,11 @@ class PruneHandle:
         state = self._prefill
         hidden = args[0] if args else kwargs["hidden_states"]
         if idx == self.config.layer:
-            state.plan = self._select(state, hidden)
+            state.plan = self._select(state, hidden, kwargs)
             cache = kwargs.get("past_key_values")
             self._plan_cache = weakref.ref(cache) if cache is not None else None
             self._last_plan = state.plan
+            self._last_pre_plan = state.pre_plan
             if state.plan.is_identity:
                 return None
             rest = {k: kwargs[k] for k in ("position_embeddings", "position_ids", "attention_mask") if k in kwargs}
@@ -277,7 +458,7 @@ class PruneHandle:
         new_kwargs["hidden_states"] = new_hidden
         return args, new_kwargs
 
-    def _select(self, state: _Prefill, hidden: torch.Tensor) -> KeepPlan:
+    def _select(self, state: _Prefill, hidden: torch.Tensor, layer_kwargs: dict[str, Any]) -> KeepPlan:
         layout = state.layout
         visual_hidden = None
         if self._selector.needs_hidden:
@@ -287,29 +468,75 @@ class PruneHandle:
                 f"sharp-prune: layer {self.config.layer - 1} produced no attention scores; was the attention "
                 "implementation changed after apply()?"
             )
+        prior = self._prior(state, layer_kwargs) if self._selector.needs_prior else None
         selection = self._selector.select(
             SelectionInput(
-                layout=layout, budget=state.budget, scores=state.scores, hidden=visual_hidden, config=self.config
+                layout=layout,
+                budget=state.budget,
+                scores=state.scores,
+                hidden=visual_hidden,
+                config=self.config,
+                prior=prior,
+                segments=state.segments,
             )
         )
-        plan = build_keep_plan(layout, selection.keep, state.seq_len)
+        plan = build_keep_plan(layout, selection.keep, state.seq_len, selection.hidden)
+        kept_original = plan.kept_visual
+        original = layout
+        if state.pre_plan is not None:
+            kept_original = state.pre_plan.index.gather(1, plan.kept_visual)
+            original = state.original_layout
         scores = selection.scores if selection.scores is not None else state.scores
         self.last = PruneRecord(
             method=self.config.method,
             layer=self.config.layer,
-            seq_len=state.seq_len,
+            seq_len=state.pre_plan.seq_len if state.pre_plan is not None else state.seq_len,
             kept_len=plan.kept_len,
-            num_visual=[layout.num_visual] * layout.batch_size,
+            num_visual=[original.num_visual] * layout.batch_size,
             budget=[plan.kept_visual.shape[1]] * layout.batch_size,
-            keep_positions=list(plan.kept_visual.cpu().unbind(0)),
-            visual_positions=list(layout.positions.cpu().unbind(0)),
-            frame_ids=list(layout.frame_ids.cpu().unbind(0)),
-            scores=list(scores.detach().float().cpu().unbind(0))
-            if self.config.record_scores and scores is not None
-            else None,
+            keep_positions=list(kept_original.cpu().unbind(0)),
+            visual_positions=list(original.positions.cpu().unbind(0)),
+            frame_ids=list(original.frame_ids.cpu().unbind(0)),
+            pre_kept=[layout.num_visual] * layout.batch_size if state.pre_plan is not None else None,
+            pre_keep_positions=_rows(state.pre_plan.kept_visual) if state.pre_plan is not None else None,
+            scores=_rows(scores) if self.config.record_scores else None,
+            raw_scores=_rows(state.scores) if self.config.record_scores else None,
+            prior=_rows(prior) if self.config.record_scores else None,
+            segment_ids=_rows(state.segments),
+            is_register=_rows(selection.is_register),
             config=self.config.to_dict(),
         )
         return plan
+
+    def _prior(self, state: _Prefill, layer_kwargs: dict[str, Any]) -> torch.Tensor:
+        """PosC's content-free prior: the same scores on blank visual embeddings, layers 0..K-1 only."""
+        layout = state.layout
+        key = None
+        if self.config.posc_prior == "cached":
+            key = _layout_key(layout, state)
+            cached = self._prior_cache.get(key)
+            if cached is not None:
+                return cached.to(state.embeds.device)
+        blank_key = (layout.grid, state.embeds.dtype, state.embeds.device)
+        blank_frame = self._blank_frames.get(blank_key)
+        if blank_frame is None:
+            blank_frame = self.adapter.blank_frame(self._model_ref(), layout, self.config.posc_blank_token_id)
+            self._blank_frames[blank_key] = blank_frame = blank_frame.to(state.embeds.dtype)
+        blank = tile_blank_frame(blank_frame, layout.frame_ids)
+        embeds = state.embeds.scatter(1, layout.positions[..., None].expand_as(blank), blank)
+        kwargs = {k: v for k, v in layer_kwargs.items() if k not in ("past_key_values", "hidden_states")}
+        kwargs["use_cache"] = False
+        state.phase = "prior"
+        try:
+            hidden = embeds
+            with torch.no_grad():
+                for layer in self._layers[: self.config.layer]:
+                    hidden = layer(hidden, **kwargs)
+        finally:
+            state.phase = "real"
+        if key is not None:
+            self._prior_cache[key] = state.prior
+        return state.prior
 
     def _cut_decode_mask(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         mask = kwargs.get("attention_mask")

@@ -23,11 +23,14 @@ class KeepPlan:
             padding, never-pruned tokens) plus the kept visual ones.
         kept_visual: [b, B] sorted original positions of the kept visual tokens.
         seq_len: L, the prefill length the positions refer to.
+        visual_hidden: [b, B, D] hidden states to place at the kept visual slots (aligned with
+            `kept_visual`), or None to keep the tokens' own (merged tokens and registers use it).
     """
 
     index: torch.Tensor
     kept_visual: torch.Tensor
     seq_len: int
+    visual_hidden: torch.Tensor | None = None
 
     @property
     def kept_len(self) -> int:
@@ -35,18 +38,26 @@ class KeepPlan:
 
     @property
     def is_identity(self) -> bool:
-        return self.kept_len == self.seq_len
+        return self.kept_len == self.seq_len and self.visual_hidden is None
 
 
-def build_keep_plan(layout: VisualLayout, keep_local: torch.Tensor, seq_len: int) -> KeepPlan:
-    """Turn a selector's [b, B] local indices into original positions and the full kept index."""
-    kept_visual = layout.positions.gather(1, keep_local.to(layout.positions.device)).sort(dim=1).values
+def build_keep_plan(
+    layout: VisualLayout, keep_local: torch.Tensor, seq_len: int, visual_hidden: torch.Tensor | None = None
+) -> KeepPlan:
+    """Turn a selector's [b, B] local indices into original positions and the full kept index.
+
+    `visual_hidden` ([b, B, D], aligned with `keep_local`) follows the tokens when they are sorted.
+    """
+    keep_local, order = keep_local.to(layout.positions.device).sort(dim=1)
+    if visual_hidden is not None:
+        visual_hidden = visual_hidden.gather(1, order[..., None].expand_as(visual_hidden))
+    kept_visual = layout.positions.gather(1, keep_local)
     b = layout.batch_size
     keep = torch.ones(b, seq_len, dtype=torch.bool, device=layout.positions.device)
     keep.scatter_(1, layout.positions, False)
     keep.scatter_(1, kept_visual, True)
     index = keep.nonzero()[:, 1].view(b, -1)
-    return KeepPlan(index=index, kept_visual=kept_visual, seq_len=seq_len)
+    return KeepPlan(index=index, kept_visual=kept_visual, seq_len=seq_len, visual_hidden=visual_hidden)
 
 
 def gather_along(tensor: torch.Tensor, index: torch.Tensor, dim: int, batch_dim: int = 0) -> torch.Tensor:
@@ -106,6 +117,10 @@ def slice_layer_inputs(
     """
     index = plan.index
     hidden = gather_along(hidden_states, index, dim=1)
+    if plan.visual_hidden is not None:
+        slots = torch.searchsorted(index, plan.kept_visual.to(index.device))
+        states = plan.visual_hidden.to(hidden.device, hidden.dtype)
+        hidden = hidden.scatter(1, slots[..., None].expand_as(states), states)
     out = dict(kwargs)
     pos_emb = kwargs.get("position_embeddings")
     if pos_emb is not None:

@@ -22,8 +22,17 @@ class PruneRecord:
         keep_positions: per sample, sorted original positions of the visual tokens that continued.
         visual_positions: per sample, sorted original positions of all visual tokens.
         frame_ids: per sample, the frame index of each visual token (aligned with `visual_positions`).
-        scores: per sample, the score of each visual token, when `record_scores=True` and the method
-            scores tokens; else None.
+        scores: per sample, the score each visual token was selected on (ShaRP: calibrated), when
+            `record_scores=True` and the method scores tokens; else None.
+        raw_scores: per sample, the attention scores before calibration (`record_scores=True`).
+        prior: per sample, PosC's content-free prior (`record_scores=True`, ShaRP with PosC).
+        segment_ids: per sample, the segment of each visual token (ShaRP), else None.
+        is_register: per sample, aligned with `keep_positions`: True where the slot is a register
+            (a merged summary placed at that position) rather than the token itself; None if no method
+            produced registers.
+        pre_kept: per sample, video tokens left by the pre-LLM stage (None without one); the in-LLM
+            budget applies to these.
+        pre_keep_positions: per sample, original positions of the tokens the pre-LLM stage kept.
         config: the `PruneConfig` as a dict.
     """
 
@@ -37,6 +46,12 @@ class PruneRecord:
     visual_positions: list[torch.Tensor] = field(default_factory=list)
     frame_ids: list[torch.Tensor] = field(default_factory=list)
     scores: list[torch.Tensor] | None = None
+    raw_scores: list[torch.Tensor] | None = None
+    prior: list[torch.Tensor] | None = None
+    segment_ids: list[torch.Tensor] | None = None
+    is_register: list[torch.Tensor] | None = None
+    pre_kept: list[int] | None = None
+    pre_keep_positions: list[torch.Tensor] | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -53,6 +68,10 @@ class PruneRecord:
             "kept_len": self.kept_len,
             "num_visual": self.num_visual,
             "budget": self.budget,
+            "pre_kept": self.pre_kept,
             "keep_positions": [p.tolist() for p in self.keep_positions],
+            "register_positions": None
+            if self.is_register is None
+            else [p[r].tolist() for p, r in zip(self.keep_positions, self.is_register, strict=True)],
             "config": self.config,
         }

@@ -18,6 +18,8 @@ from ..layout import VisualLayout
 
 # (model, forward kwargs of the top-level call, frame map declared on the handle) -> layout or None
 LocateFn = Callable[[nn.Module, Mapping[str, Any], "torch.Tensor | None"], "VisualLayout | None"]
+# (model, layout, blank token id or None) -> [P, D] input embeddings of one content-free frame
+BlankFrameFn = Callable[[nn.Module, VisualLayout, "int | None"], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,14 @@ class ModelAdapter:
         locate: builds the `VisualLayout` of a forward call (None when it has no visual tokens).
         position_layout: "1d" (plain RoPE) or "mrope" (3-D M-RoPE, positions [3, b, L]).
         needs_declared_frames: the caller declares visual positions per call (generic adapter).
+        blank_frame: input embeddings of one content-free (black) frame, for PosC's prior.
     """
 
     name: str
     class_names: tuple[str, ...]
     decoder_paths: tuple[str, ...]
     locate: LocateFn
+    blank_frame: BlankFrameFn | None = None
     position_layout: str = "1d"
     needs_declared_frames: bool = False
 
@@ -67,3 +71,8 @@ def input_ids_or_raise(adapter_name: str, inputs: Mapping[str, Any]) -> torch.Te
             "(not inputs_embeds) while pruning is applied."
         )
     return input_ids
+
+
+def black_pixels(mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Normalised value of a black pixel per channel: (0 - mean) / std."""
+    return -torch.tensor(mean) / torch.tensor(std)

@@ -34,10 +34,23 @@ def locate_declared(model: nn.Module, inputs: Mapping[str, Any], declared: torch
     return VisualLayout.from_frame_map(declared.to(reference.device))
 
 
+def blank_frame_generic(model: nn.Module, layout: VisualLayout, blank_token_id: int | None) -> torch.Tensor:
+    """The embedding of `blank_token_id` (default: the model's pad token) stands for a blank frame: [1, D]."""
+    token = blank_token_id if blank_token_id is not None else getattr(model.config, "pad_token_id", None)
+    if token is None:
+        raise InputError(
+            "generic adapter: PosC needs a blank token; the model has no pad_token_id, so pass "
+            "PruneConfig(posc_blank_token_id=...) (e.g. the id of a space or pad token)."
+        )
+    embedding = model.get_input_embeddings()
+    return embedding(torch.tensor([token], device=embedding.weight.device))
+
+
 GENERIC = ModelAdapter(
     name="generic",
     class_names=(),
     decoder_paths=("model", ""),
     locate=locate_declared,
     needs_declared_frames=True,
+    blank_frame=blank_frame_generic,
 )

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..layout import VisualLayout
-from .base import ModelAdapter, input_ids_or_raise
+from .base import ModelAdapter, black_pixels, input_ids_or_raise
 
 
 def _tokens_per_frame_side(model: nn.Module) -> int:
@@ -50,9 +50,26 @@ def locate_llava_onevision(
     return VisualLayout.from_frame_map(frame_map, grid=(side, side))
 
 
+# LLaVA-OneVision's processor normalises with SigLIP's mean = std = 0.5.
+_BLACK = black_pixels((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def blank_frame_llava_onevision(model: nn.Module, layout: VisualLayout, blank_token_id: int | None) -> torch.Tensor:
+    """Vision tower + projector + pooling on one black frame: [s * s, D] (the newline dropped)."""
+    vision = model.config.vision_config
+    size = vision.image_size
+    base = model.model if hasattr(model, "model") else model
+    param = next(base.vision_tower.parameters())
+    pixels = _BLACK.to(param.device, param.dtype).view(1, 1, 3, 1, 1).expand(1, 1, 3, size, size)
+    with torch.no_grad():
+        features = base.get_video_features(pixel_values_videos=pixels).pooler_output
+    return features[0, :-1]
+
+
 LLAVA_ONEVISION = ModelAdapter(
     name="llava_onevision",
     class_names=("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel"),
     decoder_paths=("model.language_model", "language_model"),
     locate=locate_llava_onevision,
+    blank_frame=blank_frame_llava_onevision,
 )

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..layout import VisualLayout
-from .base import ModelAdapter, input_ids_or_raise
+from .base import ModelAdapter, black_pixels, input_ids_or_raise
 
 
 def _frames_from_grids(
@@ -84,6 +84,28 @@ def locate_qwen_vl(model: nn.Module, inputs: Mapping[str, Any], declared: torch.
     return VisualLayout.from_frame_map(frame_map, grid=grid)
 
 
+# Qwen2-VL / Qwen2.5-VL processors normalise with OpenAI CLIP's mean and std.
+_BLACK = black_pixels((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+def blank_frame_qwen_vl(model: nn.Module, layout: VisualLayout, blank_token_id: int | None) -> torch.Tensor:
+    """Vision tower + merger on one black temporal patch of the layout's grid: [h * w, D]."""
+    if layout.grid is None:
+        raise InputError("qwen_vl: PosC needs every video of a batch at one frame size (grids differ).")
+    vision = model.config.vision_config
+    merge, patch, temporal = vision.spatial_merge_size, vision.patch_size, vision.temporal_patch_size
+    h, w = layout.grid[0] * merge, layout.grid[1] * merge
+    base = model.model if hasattr(model, "model") else model
+    param = next(base.visual.parameters())
+    # One patch = channels x temporal x patch x patch values, flattened channel-major.
+    patch_vector = _BLACK.to(param.device, param.dtype).repeat_interleave(temporal * patch * patch)
+    pixels = patch_vector.expand(h * w, -1).contiguous()
+    grid = torch.tensor([[1, h, w]], device=param.device)
+    with torch.no_grad():
+        features = base.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid).pooler_output
+    return features[0]
+
+
 _QWEN_PATHS = ("model.language_model", "language_model")
 
 QWEN2_VL = ModelAdapter(
@@ -92,6 +114,7 @@ QWEN2_VL = ModelAdapter(
     decoder_paths=_QWEN_PATHS,
     locate=locate_qwen_vl,
     position_layout="mrope",
+    blank_frame=blank_frame_qwen_vl,
 )
 
 QWEN2_5_VL = ModelAdapter(
@@ -100,4 +123,5 @@ QWEN2_5_VL = ModelAdapter(
     decoder_paths=_QWEN_PATHS,
     locate=locate_qwen_vl,
     position_layout="mrope",
+    blank_frame=blank_frame_qwen_vl,
 )

@@ -1,6 +1,6 @@
 """Pruning methods, one selector class each, looked up by `PruneConfig.method`."""
 
-from . import attention, simple  # noqa: F401  (registers the methods)
+from . import attention, diversity, feather, sharp, simple  # noqa: F401  (registers the methods)
 from .base import (
     Selection,
     SelectionInput,

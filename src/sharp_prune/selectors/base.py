@@ -29,6 +29,8 @@ class SelectionInput:
             selector asks for no query rows).
         hidden: [b, N, D] hidden states of the visual tokens entering layer K (None unless asked for).
         config: the full pruning config (method hyper-parameters, seed).
+        prior: [b, N] content-free prior scores (PosC), when the selector asks for them.
+        segments: [b, N] segment id of each visual token, when the selector asks for them.
     """
 
     layout: VisualLayout
@@ -36,28 +38,49 @@ class SelectionInput:
     scores: torch.Tensor | None
     hidden: torch.Tensor | None
     config: PruneConfig
+    prior: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
 
 
 @dataclass
 class Selection:
-    """A selector's answer: `keep` is [b, B] sorted local indices into the N visual tokens."""
+    """A selector's answer.
+
+    Attributes:
+        keep: [b, B] sorted local indices (into the N visual tokens) of the slots that continue.
+        scores: [b, N] the scores the choice was made on (recorded), if any.
+        hidden: [b, B, D] hidden states to place in those slots (merged tokens, registers), aligned with
+            `keep`; None keeps the tokens' own states.
+        is_register: [b, B] bool, True where a slot is a register rather than a kept token.
+    """
 
     keep: torch.Tensor
     scores: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    is_register: torch.Tensor | None = None
 
 
 class Selector(ABC):
     """Base class of pruning methods.
 
-    Class attributes tell the engine what to compute before `select` is called:
+    Attributes tell the engine what to compute before `select` is called (a subclass may set them
+    per instance, from its config):
         query: which query rows score the visual tokens at layer K-1: "none", "last" (the last
             non-padding token, FastV) or "text" (every text token after the last visual token).
-        needs_hidden: whether `SelectionInput.hidden` must be filled.
+        rope: score with post-RoPE q and k (True) or with RoPE removed from both (False, FEATHER).
+        needs_hidden: fill `SelectionInput.hidden`.
+        needs_segments: fill `SelectionInput.segments` (scene segmentation of the frames).
+        segment_mask: apply SegM's segment-aware mask in layers 0..K-1.
+        needs_prior: fill `SelectionInput.prior` (PosC's content-free pass).
     """
 
     name: ClassVar[str]
-    query: ClassVar[str] = "none"
-    needs_hidden: ClassVar[bool] = False
+    query: str = "none"
+    rope: bool = True
+    needs_hidden: bool = False
+    needs_segments: bool = False
+    segment_mask: bool = False
+    needs_prior: bool = False
 
     def __init__(self, config: PruneConfig) -> None:
         self.config = config

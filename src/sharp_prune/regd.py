@@ -1,0 +1,116 @@
+"""RegD, register token deduplication: pure functions on one sample's visual tokens.
+
+1. `dedup_greedy`: walk tokens by descending score; accept a token unless its hidden state has cosine
+   > delta with an accepted one, in which case it is that token's duplicate.
+2. merge: an accepted token's hidden state becomes the mean of itself and its duplicates.
+3. `farthest_point_sampling`: a share of the budget goes to the tokens farthest (max-min cosine
+   distance) from everything kept.
+4. `segment_registers`: per segment, one register holding the mean of its remaining dropped tokens, at
+   the position of the segment's middle dropped token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def dedup_greedy(
+    scores: torch.Tensor, unit: torch.Tensor, count: int, delta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accept up to `count` tokens by descending score, skipping near-duplicates of accepted ones.
+
+    Args:
+        scores: [N] scores (higher first; ties broken by lower index).
+        unit: [N, D] L2-normalised hidden states.
+        count: how many to accept.
+        delta: cosine above which a token is a duplicate.
+
+    Returns:
+        accepted: [A] indices in acceptance order (A <= count).
+        duplicate_of: [N] index of the accepted token each visited duplicate maps to, else -1.
+    """
+    n = scores.shape[0]
+    order = torch.argsort(-scores.float(), stable=True).tolist()
+    unit = unit.float()
+    best_sim = torch.full((n,), -2.0, device=unit.device)  # max cosine to any accepted token
+    best_owner = torch.full((n,), -1, dtype=torch.long, device=unit.device)
+    duplicate_of = torch.full((n,), -1, dtype=torch.long, device=unit.device)
+    accepted: list[int] = []
+    for j in order:
+        if len(accepted) >= count:
+            break
+        if best_sim[j].item() > delta:
+            duplicate_of[j] = best_owner[j]
+            continue
+        accepted.append(j)
+        sims = unit @ unit[j]
+        better = sims > best_sim
+        best_sim = torch.where(better, sims, best_sim)
+        best_owner.masked_fill_(better, j)
+    return torch.tensor(accepted, dtype=torch.long, device=unit.device), duplicate_of
+
+
+def farthest_point_sampling(
+    unit: torch.Tensor, count: int, kept: torch.Tensor, candidates: torch.Tensor
+) -> torch.Tensor:
+    """Pick `count` candidates one by one, each the farthest (max-min cosine distance) from all kept.
+
+    Args:
+        unit: [N, D] L2-normalised hidden states.
+        count: how many to pick (fewer if candidates run out).
+        kept: [N] bool, tokens already kept (distances are measured to them). May be all False: the
+            first pick is then the token least similar to the mean of the candidates.
+        candidates: [N] bool, tokens that may be picked.
+
+    Returns:
+        [P] picked indices in pick order.
+    """
+    unit = unit.float()
+    candidates = candidates.clone()
+    picks: list[int] = []
+    if bool(kept.any()):
+        nearest = (unit @ unit[kept].T).max(dim=1).values
+    else:
+        nearest = torch.full((unit.shape[0],), -2.0, device=unit.device)
+        if count > 0 and bool(candidates.any()):
+            centre = unit[candidates].mean(dim=0)
+            first = int(torch.where(candidates, unit @ centre, torch.inf).argmin())
+            picks.append(first)
+            candidates[first] = False
+            nearest = unit @ unit[first]
+    while len(picks) < count and bool(candidates.any()):
+        # farthest = lowest max-similarity; ties -> lowest index
+        j = int(torch.where(candidates, nearest, torch.inf).argmin())
+        picks.append(j)
+        candidates[j] = False
+        nearest = torch.maximum(nearest, unit @ unit[j])
+    return torch.tensor(picks, dtype=torch.long, device=unit.device)
+
+
+def segment_registers(
+    segments: torch.Tensor, dropped: torch.Tensor, hidden: torch.Tensor, max_registers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One register per segment that still has dropped tokens (the largest segments first if capped).
+
+    Args:
+        segments: [N] segment id of each visual token (non-decreasing).
+        dropped: [N] bool, tokens neither kept nor merged into a kept token.
+        hidden: [N, D] hidden states.
+        max_registers: at most this many registers.
+
+    Returns:
+        slots: [R] local index of each register's position (the middle dropped token of its segment).
+        states: [R, D] the mean hidden state of that segment's dropped tokens.
+    """
+    chosen = []
+    for s in torch.unique(segments).tolist():
+        members = ((segments == s) & dropped).nonzero().flatten()
+        if members.numel():
+            chosen.append((members.numel(), s, members))
+    chosen.sort(key=lambda item: (-item[0], item[1]))
+    chosen = sorted(chosen[:max_registers], key=lambda item: item[1])
+    if not chosen:
+        return torch.empty(0, dtype=torch.long, device=hidden.device), hidden.new_zeros(0, hidden.shape[-1])
+    slots = torch.stack([members[(members.numel() - 1) // 2] for _, _, members in chosen])
+    states = torch.stack([hidden[members].float().mean(dim=0).to(hidden.dtype) for _, _, members in chosen])
+    return slots, states

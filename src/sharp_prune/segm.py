@@ -1,0 +1,105 @@
+"""SegM, segment-aware causal masking: find scene segments, then attend within them in layers < K.
+
+In layers 0..K-1 a visual token attends to the non-visual tokens before it (the prompt before the video,
+interleaved separators) and to visual tokens of its own segment only (causally, or bidirectionally
+with `within="bidirectional"`); text tokens keep the normal causal mask. Attention is computed per
+block (text rows, then each segment's rows against the keys it may see), never through an L x L mask,
+so these layers cost less than plain causal attention.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def frame_descriptors(visual_embeds: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
+    """L2-normalised mean input embedding of each frame: [N, D] and [N] frame ids -> [F, D]."""
+    num_frames = int(frame_ids.max()) + 1
+    sums = torch.zeros(num_frames, visual_embeds.shape[-1], dtype=torch.float32, device=visual_embeds.device)
+    sums.index_add_(0, frame_ids, visual_embeds.float())
+    return F.normalize(sums, dim=-1)
+
+
+def segment_frames(descriptors: torch.Tensor, tau: float, max_segments: int) -> torch.Tensor:
+    """Segment id of each frame: cut after frame f where cos(e_f, e_f+1) < tau.
+
+    When that gives more than `max_segments` segments, only the `max_segments - 1` lowest-similarity
+    cuts are kept (ties: earlier cut first).
+
+    Args:
+        descriptors: [F, D] L2-normalised frame descriptors.
+        tau: similarity threshold.
+        max_segments: cap on the number of segments.
+
+    Returns:
+        [F] long, non-decreasing segment ids starting at 0.
+    """
+    num_frames = descriptors.shape[0]
+    if num_frames < 2:
+        return torch.zeros(num_frames, dtype=torch.long, device=descriptors.device)
+    similarity = (descriptors[:-1] * descriptors[1:]).sum(dim=-1)
+    cuts = similarity < tau
+    if int(cuts.sum()) > max_segments - 1:
+        order = torch.argsort(similarity, stable=True)[: max_segments - 1]
+        cuts = torch.zeros_like(cuts)
+        cuts[order] = True
+    segments = torch.zeros(num_frames, dtype=torch.long, device=descriptors.device)
+    segments[1:] = cuts.long().cumsum(0)
+    return segments
+
+
+def segment_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segment_map: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scaling: float,
+    within: str = "causal",
+) -> torch.Tensor:
+    """Attention under the SegM mask, block by block.
+
+    Args:
+        query: [b, H, L, d]; key, value: [b, H_kv, L, d] (grouped-query attention allowed).
+        segment_map: [b, L] segment id of each visual token, -1 for every other token.
+        key_valid: [b, L] bool, False for padding, or None.
+        scaling: softmax temperature.
+        within: "causal" or "bidirectional" attention among a segment's visual tokens.
+
+    Returns:
+        [b, L, H, d], the layout transformers' attention functions return.
+    """
+    b, num_heads, seq_len, head_dim = query.shape
+    group = num_heads // key.shape[1]
+    out = query.new_zeros(b, seq_len, num_heads, head_dim)
+    positions = torch.arange(seq_len, device=query.device)
+    for i in range(b):
+        k_i = key[i].repeat_interleave(group, dim=0) if group > 1 else key[i]
+        v_i = value[i].repeat_interleave(group, dim=0) if group > 1 else value[i]
+        valid = (
+            key_valid[i].bool() if key_valid is not None else torch.ones(seq_len, dtype=torch.bool, device=query.device)
+        )
+        seg = segment_map[i]
+        is_text = seg < 0
+        blocks = [(positions[is_text], positions, None)]
+        for s in torch.unique(seg[~is_text]).tolist():
+            rows = positions[seg == s]
+            keys = positions[(is_text & (positions <= rows[-1])) | (seg == s)]
+            blocks.append((rows, keys, s))
+        for rows, keys, s in blocks:
+            if rows.numel() == 0:
+                continue
+            before = keys[None, :] <= rows[:, None]
+            if s is None or within == "causal":
+                allowed = before
+            else:  # bidirectional inside the segment, causal towards everything else
+                allowed = before | (seg[keys] == s)[None, :]
+            allowed = allowed & valid[keys][None, :]
+            # A padding row may see nothing; let it see itself so that softmax stays finite.
+            allowed = allowed | (keys[None, :] == rows[:, None])
+            block = F.scaled_dot_product_attention(
+                query[i][:, rows], k_i[:, keys], v_i[:, keys], attn_mask=allowed[None], scale=scaling
+            )
+            out[i, rows] = block.transpose(0, 1).to(out.dtype)
+    return out
