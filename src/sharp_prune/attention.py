@@ -4,7 +4,8 @@
 with both `AttentionInterface` and `AttentionMaskInterface` (without the mask entry, transformers would
 build no causal mask for it). The wrapper hands query/key/value to the owning handle, which scores
 visual tokens at layer K-1 (post-RoPE, without an N x N matrix) and, under SegM, returns the
-segment-aware attention of layers < K; otherwise the base implementation runs unchanged. Modules that belong to no handle just run the base implementation.
+segment-aware attention of layers < K; otherwise the base implementation runs unchanged. Modules
+that belong to no handle just run the base implementation.
 """
 
 from __future__ import annotations

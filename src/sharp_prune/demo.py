@@ -96,7 +96,5 @@ def run_demo(retention: float = 0.3, layer: int = 2) -> list[dict]:
     print(f"{'method':<{width}}  kept  prefill   answer")
     for r in rows:
         print(f"{r['method']:<{width}}  {r['kept']:>4}  {r['prefill_s'] * 1000:5.0f} ms  {r['answer']}")
-    print(
-        f"\nretention={retention}, layer K={layer}; prefill = median of 3 forwards of the prompt after a warm-up, measured here."
-    )
+    print(f"\nretention={retention}, layer K={layer}; prefill = median of 3 forwards after a warm-up, measured here.")
     return rows

@@ -31,9 +31,9 @@ from .config import PruneConfig
 from .errors import AlreadyAppliedError, ConfigError, ConfigTypeError, InputError
 from .keep_plan import KeepPlan, build_keep_plan, decode_columns, gather_along, slice_layer_inputs, slice_mask
 from .layout import VisualLayout
-from .record import PruneRecord
 from .posc import tile_blank_frame
 from .pre_stage import temporal_merge_keep
+from .record import PruneRecord
 from .scoring import attention_received
 from .segm import frame_descriptors, segment_attention, segment_frames
 from .selectors import SelectionInput, Selector, build_selector

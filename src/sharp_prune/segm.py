@@ -91,10 +91,9 @@ def segment_attention(
             if rows.numel() == 0:
                 continue
             before = keys[None, :] <= rows[:, None]
-            if s is None or within == "causal":
-                allowed = before
-            else:  # bidirectional inside the segment, causal towards everything else
-                allowed = before | (seg[keys] == s)[None, :]
+            # bidirectional: the whole segment is visible; everything else stays causal
+            bidirectional = s is not None and within == "bidirectional"
+            allowed = before | (seg[keys] == s)[None, :] if bidirectional else before
             allowed = allowed & valid[keys][None, :]
             # A padding row may see nothing; let it see itself so that softmax stays finite.
             allowed = allowed | (keys[None, :] == rows[:, None])
