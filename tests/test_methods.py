@@ -137,10 +137,10 @@ def test_generic_adapter_batch_forward_and_generate(cfg):
     frame_map = torch.full((2, width), -1)
     frame_map[0, 8 : 8 + video] = torch.arange(5).repeat_interleave(8)
     frame_map[1, 12 : 12 + video] = torch.arange(5).repeat_interleave(8)
-    with sp.apply(model, sp.PruneConfig(retention=0.25, **cfg)) as handle, torch.no_grad():
-        with handle.visual_frames(frame_map):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    handle = sp.apply(model, sp.PruneConfig(retention=0.25, **cfg))
+    with handle, handle.visual_frames(frame_map), torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
     expected = 40 if cfg["method"] == "none" else 10
     assert handle.last.budget == [expected, expected]
     assert torch.isfinite(logits).all() and tokens.shape == (2, width + 3)

@@ -86,9 +86,9 @@ def test_generic_adapter_needs_a_blank_token_when_the_model_has_no_pad():
     with pytest.raises(sp.InputError, match="posc_blank_token_id"), handle.visual_frames(frame_map):
         model(input_ids=torch.randint(3, 100, (1, 30)))
     handle.remove()
-    with sp.apply(model, method="sharp", retention=0.5, posc_blank_token_id=5) as handle:
-        with handle.visual_frames(frame_map):
-            model(input_ids=torch.randint(3, 100, (1, 30)))
+    handle = sp.apply(model, method="sharp", retention=0.5, posc_blank_token_id=5)
+    with handle, handle.visual_frames(frame_map):
+        model(input_ids=torch.randint(3, 100, (1, 30)))
     assert handle.last.budget == [10]
 
 
