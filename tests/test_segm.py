@@ -79,9 +79,10 @@ def test_blockwise_segm_attention_equals_dense_mask(within, group):
     segment_map[0, 4:10] = 0
     segment_map[0, 10:18] = 1
     segment_map[0, 19:24] = 2
-    # sample 1: left padding 3, prefix 2, two segments, suffix
+    # sample 1: left padding 3, prefix 2, two segments (a text token inside the second), suffix
     segment_map[1, 5:15] = 0
     segment_map[1, 15:25] = 1
+    segment_map[1, 20] = -1
     key_valid = torch.ones(b, length, dtype=torch.bool)
     key_valid[1, :3] = False
     got = segment_attention(query, key, value, segment_map, key_valid, dim**-0.5, within)

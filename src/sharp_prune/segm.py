@@ -4,7 +4,9 @@ In layers 0..K-1 a visual token attends to the non-visual tokens before it (the 
 interleaved separators) and to visual tokens of its own segment only (causally, or bidirectionally
 with `within="bidirectional"`); text tokens keep the normal causal mask. Attention is computed per
 block (text rows, then each segment's rows against the keys it may see), never through an L x L mask,
-so these layers cost less than plain causal attention.
+so these layers cost less than plain causal attention. In the usual layout (prompt, then the video,
+no text inside a segment) each segment block is a plain causal (or full) attention over
+[prompt; segment], which runs on the fast kernels with no mask at all.
 """
 
 from __future__ import annotations
@@ -77,28 +79,58 @@ def segment_attention(
     for i in range(b):
         k_i = key[i].repeat_interleave(group, dim=0) if group > 1 else key[i]
         v_i = value[i].repeat_interleave(group, dim=0) if group > 1 else value[i]
-        valid = (
-            key_valid[i].bool() if key_valid is not None else torch.ones(seq_len, dtype=torch.bool, device=query.device)
-        )
+        valid = key_valid[i].bool() if key_valid is not None else torch.ones_like(positions, dtype=torch.bool)
         seg = segment_map[i]
         is_text = seg < 0
-        blocks = [(positions[is_text], positions, None)]
+        # Text rows: plain causal attention over every real key (few rows, so a mask is cheap).
+        _attend_masked(out[i], query[i], k_i, v_i, positions[is_text], positions, valid, None, seg, within, scaling)
         for s in torch.unique(seg[~is_text]).tolist():
             rows = positions[seg == s]
-            keys = positions[(is_text & (positions <= rows[-1])) | (seg == s)]
-            blocks.append((rows, keys, s))
-        for rows, keys, s in blocks:
-            if rows.numel() == 0:
+            text_keys = positions[is_text & valid & (positions < rows[0])]
+            interleaved = bool((is_text & valid & (positions > rows[0]) & (positions < rows[-1])).any())
+            if interleaved:
+                keys = positions[(is_text & valid & (positions <= rows[-1])) | (seg == s)]
+                _attend_masked(out[i], query[i], k_i, v_i, rows, keys, valid, s, seg, within, scaling)
                 continue
-            before = keys[None, :] <= rows[:, None]
-            # bidirectional: the whole segment is visible; everything else stays causal
-            bidirectional = s is not None and within == "bidirectional"
-            allowed = before | (seg[keys] == s)[None, :] if bidirectional else before
-            allowed = allowed & valid[keys][None, :]
-            # A padding row may see nothing; let it see itself so that softmax stays finite.
-            allowed = allowed | (keys[None, :] == rows[:, None])
-            block = F.scaled_dot_product_attention(
-                query[i][:, rows], k_i[:, keys], v_i[:, keys], attn_mask=allowed[None], scale=scaling
-            )
-            out[i, rows] = block.transpose(0, 1).to(out.dtype)
+            # The usual layout: the text before the video, then the segment. Stacking [text; segment] as
+            # queries and keys turns the SegM mask into a plain causal (or full) one: no mask tensor,
+            # fast kernels. The text rows computed on the way are discarded.
+            block = torch.cat([text_keys, rows])
+            # 4-D inputs: torch's CPU kernels take a much slower path for 3-D ones.
+            result = F.scaled_dot_product_attention(
+                query[i][None, :, block],
+                k_i[None, :, block],
+                v_i[None, :, block],
+                is_causal=within == "causal",
+                scale=scaling,
+            )[0]
+            out[i, rows] = result[:, text_keys.numel() :].transpose(0, 1).to(out.dtype)
     return out
+
+
+def _attend_masked(
+    out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rows: torch.Tensor,
+    keys: torch.Tensor,
+    valid: torch.Tensor,
+    segment: int | None,
+    seg: torch.Tensor,
+    within: str,
+    scaling: float,
+) -> None:
+    """Rows attend to `keys` causally (plus their whole segment when bidirectional), via a boolean mask."""
+    if rows.numel() == 0:
+        return
+    allowed = keys[None, :] <= rows[:, None]
+    if segment is not None and within == "bidirectional":
+        allowed = allowed | (seg[keys] == segment)[None, :]
+    allowed = allowed & valid[keys][None, :]
+    # A padding row may see nothing; let it see itself so that softmax stays finite.
+    allowed = allowed | (keys[None, :] == rows[:, None])
+    block = F.scaled_dot_product_attention(
+        query[None, :, rows], key[None, :, keys], value[None, :, keys], attn_mask=allowed[None, None], scale=scaling
+    )[0]
+    out[rows] = block.transpose(0, 1).to(out.dtype)
