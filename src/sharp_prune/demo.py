@@ -84,7 +84,7 @@ def run_demo(retention: float = 0.3, layer: int = 2) -> list[dict]:
     rows = []
     answer, prefill = _answer(model, tokenizer, prompt)
     rows.append({"method": "unpruned", "kept": n_visual, "prefill_s": prefill, "answer": answer})
-    for method in ("fastv", "uniform", "random"):
+    for method in ("sharp", "fastv", "feather", "divprune", "uniform", "random"):
         handle = apply(model, PruneConfig(method=method, retention=retention, layer=layer))
         try:
             with handle.visual_frames(prompt.frame_map):
