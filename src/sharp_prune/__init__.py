@@ -15,8 +15,10 @@ from .errors import (
     ConfigError,
     ConfigTypeError,
     InputError,
+    ModelLoadError,
     SharpPruneError,
     UnsupportedModelError,
+    VideoError,
 )
 from .layout import VisualLayout, frame_map_for_span
 from .record import PruneRecord
@@ -31,12 +33,14 @@ __all__ = [
     "ConfigTypeError",
     "InputError",
     "ModelAdapter",
+    "ModelLoadError",
     "PruneConfig",
     "PruneHandle",
     "PruneRecord",
     "Selector",
     "SharpPruneError",
     "UnsupportedModelError",
+    "VideoError",
     "VisualLayout",
     "__version__",
     "apply",

@@ -54,6 +54,7 @@ class _Prefill:
     query_index: torch.Tensor | None = None
     query_valid: torch.Tensor | None = None
     key_valid: torch.Tensor | None = None
+    input_valid: torch.Tensor | None = None  # [b, L] key_valid in original coordinates (the record's mask)
     scores: torch.Tensor | None = None
     prior: torch.Tensor | None = None
     embeds: torch.Tensor | None = None  # [b, L, D] input embeddings of the decoder
@@ -206,6 +207,19 @@ class PruneHandle:
         self._plan_cache = None
         self._active = False
 
+    def reattach(self) -> PruneHandle:
+        """Attach a removed handle again, with its caches (PosC's cached priors, blank frames) intact."""
+        if self._active:
+            return self
+        model = self._model_ref()
+        if model is None:
+            raise RuntimeError("the model of this handle no longer exists.")
+        existing = _APPLIED.get(model)
+        if existing is not None and existing.active:
+            raise AlreadyAppliedError("this model has another active sharp-prune handle; remove it first.")
+        self._attach()
+        return self
+
     @property
     def active(self) -> bool:
         return self._active
@@ -276,7 +290,7 @@ class PruneHandle:
         if key_valid is not None and bool((~key_valid.gather(1, layout.positions)).any()):
             raise InputError("some visual tokens are masked out as padding in attention_mask; check the inputs.")
         budget = layout.num_visual if self.config.method == "none" else self.config.budget(layout.num_visual)
-        state = _Prefill(layout=layout, seq_len=seq_len, budget=budget, key_valid=key_valid)
+        state = _Prefill(layout=layout, seq_len=seq_len, budget=budget, key_valid=key_valid, input_valid=key_valid)
         if self._selector.query != "none":
             state.query_index, state.query_valid = _query_rows(layout, key_valid, seq_len, self._selector.query)
         self._prefill = state
@@ -499,6 +513,8 @@ class PruneHandle:
             frame_ids=list(original.frame_ids.cpu().unbind(0)),
             pre_kept=[layout.num_visual] * layout.batch_size if state.pre_plan is not None else None,
             pre_keep_positions=_rows(state.pre_plan.kept_visual) if state.pre_plan is not None else None,
+            num_query_rows=state.query_valid.sum(dim=1).tolist() if state.query_valid is not None else None,
+            attention_mask=_rows(state.input_valid),
             scores=_rows(scores) if self.config.record_scores else None,
             raw_scores=_rows(state.scores) if self.config.record_scores else None,
             prior=_rows(prior) if self.config.record_scores else None,

@@ -27,5 +27,14 @@ class InputError(SharpPruneError, ValueError):
     """The inputs of a forward call cannot be pruned as given (checked before any layer runs)."""
 
 
+class VideoError(InputError):
+    """A video file cannot be used as given: missing, unreadable, without a video stream or frames, or holding
+    fewer frames than asked (checked before any decoding or model work)."""
+
+
+class ModelLoadError(SharpPruneError, ValueError):
+    """A model or its processor cannot be loaded from the given name or path."""
+
+
 class AlreadyAppliedError(SharpPruneError, RuntimeError):
     """`apply` was called on a model that already carries an active sharp-prune handle."""

@@ -33,6 +33,11 @@ class PruneRecord:
         pre_kept: per sample, video tokens left by the pre-LLM stage (None without one); the in-LLM
             budget applies to these.
         pre_keep_positions: per sample, original positions of the tokens the pre-LLM stage kept.
+        num_query_rows: per sample, the query rows that scored the visual tokens at layer K-1 (|Q|: the
+            non-padding text tokens after the last visual token, or 1 for the last token); None when the
+            method scores nothing.
+        attention_mask: per sample, [L] bool in original coordinates, False at padding; None when the
+            call had no 2-D attention mask (no padding).
         config: the `PruneConfig` as a dict.
     """
 
@@ -52,6 +57,8 @@ class PruneRecord:
     is_register: list[torch.Tensor] | None = None
     pre_kept: list[int] | None = None
     pre_keep_positions: list[torch.Tensor] | None = None
+    num_query_rows: list[int] | None = None
+    attention_mask: list[torch.Tensor] | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,6 +76,7 @@ class PruneRecord:
             "num_visual": self.num_visual,
             "budget": self.budget,
             "pre_kept": self.pre_kept,
+            "num_query_rows": self.num_query_rows,
             "keep_positions": [p.tolist() for p in self.keep_positions],
             "register_positions": None
             if self.is_register is None

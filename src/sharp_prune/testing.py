@@ -7,6 +7,7 @@ and for timing shapes. Random weights give no meaningful attention.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -202,4 +203,140 @@ def sample_of(inputs: dict[str, torch.Tensor], index: int) -> dict[str, torch.Te
         out["mm_token_type_ids"] = inputs["mm_token_type_ids"][index][real][None]
     elif "pixel_values_videos" in inputs:
         out["pixel_values_videos"] = inputs["pixel_values_videos"][index : index + 1]
+    return out
+
+
+# LLaVA-OneVision's chat template (llava-hf checkpoints): images, then videos, then the text of each turn.
+LLAVA_ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}"
+    "{% endfor %}{{'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}"
+)
+
+
+def tiny_llava_onevision_checkpoint(
+    path: str | Path,
+    num_layers: int = 4,
+    seed: int = 0,
+    tokenizer_dir: str | Path | None = None,
+) -> Path:
+    """Save a complete tiny LLaVA-OneVision checkpoint (random weights, real processor) to `path`.
+
+    The tokenizer is SmolLM2's (from `tokenizer_dir`, default the `sharp_prune.smollm2` cache, created on
+    first use) with `<image>` and `<video>` added; the model's vocabulary covers it. Vision: 32 x 32 frames,
+    patch 4, so 16 video tokens per frame (+ 1 newline per video). The processor (image, video, chat
+    template) is saved as transformers would save the real one, so `AutoProcessor` loads it where
+    torchvision is installed, and `sharp_prune.run.load_processor` everywhere.
+
+    Returns:
+        `path`, ready for `from_pretrained`.
+    """
+    from transformers import AutoTokenizer, LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+    from transformers.utils import is_torchvision_available
+
+    from .run import accepting_processor_class, torch_video_processor_class
+
+    folder = Path(path)
+    if tokenizer_dir is None:
+        from .smollm2 import DEFAULT_CACHE, load_smollm2
+
+        if not (DEFAULT_CACHE / "tokenizer.json").is_file():
+            load_smollm2()  # dequantises the GGUF once and fills the cache
+        tokenizer_dir = DEFAULT_CACHE
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
+    image_id, video_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    size, patch = 32, 4
+    text = _text_config(num_layers, rope=False)
+    text.update(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_id,
+        tie_word_embeddings=False,  # tied random weights echo the last prompt token; untied answer in words
+    )
+    torch.manual_seed(seed)
+    config = LlavaOnevisionConfig(
+        text_config=dict(model_type="qwen2", **text),
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=size,
+            patch_size=patch,
+        ),
+        image_token_index=image_id,
+        video_token_index=video_id,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = pad_id
+    model.save_pretrained(folder)
+
+    # SigLIP normalisation (mean = std = 0.5), as in the llava-hf checkpoints.
+    pixels = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], size={"height": size, "width": size})
+    image_processor = LlavaOnevisionImageProcessorPil(image_grid_pinpoints=[[size, size]], **pixels)
+    video_cls, processor_cls = LlavaOnevisionVideoProcessor, LlavaOnevisionProcessor
+    if not is_torchvision_available():
+        video_cls = torch_video_processor_class(video_cls)
+        processor_cls = accepting_processor_class(processor_cls)
+    processor = processor_cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_cls(**pixels),
+        num_image_tokens=(size // patch) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=LLAVA_ONEVISION_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+def synthetic_video(
+    path: str | Path,
+    num_frames: int = 36,
+    width: int = 64,
+    height: int = 48,
+    fps: int = 10,
+    codec: str = "mpeg4",
+) -> Path:
+    """Write a small video of coloured squares moving over a dark background (PyAV; mp4, mkv, avi, webm...).
+
+    `num_frames=0` writes a container whose video stream has no frames (use .avi: mp4 drops the empty track).
+    """
+    import av
+    import numpy as np
+
+    out = Path(path)
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        container.start_encoding()
+        side = max(2, min(width, height) // 4)
+        for i in range(num_frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[:] = (20, 20, 60)
+            x = (i * 3) % (width - side)
+            y = (i * 2) % (height - side)
+            image[y : y + side, x : x + side] = (255, 40, 40)
+            image[height - side - y : height - y, width - side - x : width - x] = (40, 220, 40)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
     return out

@@ -1,0 +1,244 @@
+"""The captioned-video task: a real LM answers a question about one scene of a long "video".
+
+Each frame of the video is a fixed-length run of caption tokens, which the pruner treats as that
+frame's visual tokens. A video has S scenes of equal length; every frame of a scene repeats the
+scene's caption with small variations, followed by background text shared by the whole video
+(redundancy, as in real video). One scene is the *needle*: the question names two of its attributes
+and asks for the third. Distractor scenes share one attribute with the needle, so that the question
+can only be answered from the needle scene. The answer is scored by the log-likelihood of each
+candidate word after an assistant prefix, so an item costs one prefill.
+
+Everything is seeded: `make_items(n, split="test")` always returns the same items, and the
+"validation" split uses disjoint seeds (tune on it, report on "test").
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+COLOURS = ("red", "blue", "green", "yellow", "black", "white", "orange", "purple", "pink", "brown")
+OBJECTS = ("car", "dog", "cat", "bike", "boat", "kite", "horse", "bird", "truck", "train", "ball", "duck", "cow", "bus")
+PLACES = ("street", "beach", "kitchen", "park", "river", "forest", "garden", "station", "market", "bridge", "field")
+TEMPLATES = (
+    "A {colour} {object} in the {place}.",
+    "The {colour} {object} is in the {place}.",
+    "In the {place} there is a {colour} {object}.",
+    "We see a {colour} {object} at the {place}.",
+)
+BACKGROUND = (
+    " The light is soft.",
+    " The camera is still.",
+    " It is a quiet day.",
+    " The sky is clear.",
+    " Nothing else moves.",
+)
+QUESTION_TYPES = ("colour", "object", "place")
+SPLIT_SEEDS = {"validation": 10_000, "test": 20_000}
+
+
+@dataclass(frozen=True)
+class Scene:
+    colour: str
+    object: str
+    place: str
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Shape of the generated videos (defaults: 64 frames x 32 tokens = 2,048 visual tokens)."""
+
+    frames: int = 64
+    tokens_per_frame: int = 32
+    scenes: int = 8
+    choices: int = 4
+    question_types: tuple[str, ...] = QUESTION_TYPES
+    distractors: bool = False
+
+
+@dataclass
+class Item:
+    """One question over one video, tokenised and ready for the model.
+
+    Attributes:
+        input_ids: [1, L] prompt: chat header, the frames, the question, the assistant prefix.
+        frame_map: [1, L] frame index of each visual token, -1 for text.
+        candidates: candidate answer words; `candidate_ids` their (single) token ids.
+        answer: index of the correct candidate.
+        needle_scene: index of the scene the question is about; `needle_positions` the sequence
+            positions of its frames' tokens and `answer_positions` those of the answer word in them.
+    """
+
+    seed: int
+    question_type: str
+    scenes: list[Scene]
+    needle_scene: int
+    question: str
+    prefix: str
+    candidates: list[str]
+    answer: int
+    input_ids: torch.Tensor
+    frame_map: torch.Tensor
+    candidate_ids: list[int]
+    needle_positions: torch.Tensor = field(repr=False)
+    answer_positions: torch.Tensor = field(repr=False)
+
+    @property
+    def num_visual(self) -> int:
+        return int((self.frame_map >= 0).sum())
+
+
+def _pick_scenes(rng: random.Random, count: int, unique: bool) -> list[Scene]:
+    """Scenes whose attribute pairs are unique (every pair names one scene); with `unique`, every
+    single attribute is unique in the video."""
+    if unique:
+        return [
+            Scene(c, o, p)
+            for c, o, p in zip(
+                rng.sample(COLOURS, count), rng.sample(OBJECTS, count), rng.sample(PLACES, count), strict=True
+            )
+        ]
+    scenes: list[Scene] = []
+    while len(scenes) < count:
+        candidate = Scene(rng.choice(COLOURS), rng.choice(OBJECTS), rng.choice(PLACES))
+        if _pick_ok(scenes, candidate):
+            scenes.append(candidate)
+    return scenes
+
+
+def _add_distractors(rng: random.Random, scenes: list[Scene], needle: int) -> None:
+    """Let two other scenes share one attribute each with the needle (same object; same place)."""
+    target = scenes[needle]
+    others = [i for i in range(len(scenes)) if i != needle]
+    rng.shuffle(others)
+    for index, shared in zip(others[:2], ("object", "place"), strict=False):
+        for _ in range(50):
+            changed = Scene(
+                rng.choice([c for c in COLOURS if c != target.colour]),
+                target.object if shared == "object" else rng.choice([o for o in OBJECTS if o != target.object]),
+                target.place if shared == "place" else rng.choice([p for p in PLACES if p != target.place]),
+            )
+            rest = [s for i, s in enumerate(scenes) if i != index]
+            if _pick_ok(rest, changed):
+                scenes[index] = changed
+                break
+
+
+def _pick_ok(scenes: list[Scene], candidate: Scene) -> bool:
+    return not any(
+        (s.colour, s.object) == (candidate.colour, candidate.object)
+        or (s.colour, s.place) == (candidate.colour, candidate.place)
+        or (s.object, s.place) == (candidate.object, candidate.place)
+        for s in scenes
+    )
+
+
+def _question(rng: random.Random, kind: str, needle: Scene, scenes: list[Scene], choices: int):
+    """Question, assistant prefix, candidate words and the answer's index."""
+    pools = {"colour": COLOURS, "object": OBJECTS, "place": PLACES}
+    correct = getattr(needle, kind)
+    # Prefer distractor answers that occur in the video, so a wrong scene gives a plausible answer.
+    in_video = [getattr(s, kind) for s in scenes if getattr(s, kind) != correct]
+    others = list(dict.fromkeys(in_video))
+    rng.shuffle(others)
+    rest = [w for w in pools[kind] if w != correct and w not in others]
+    rng.shuffle(rest)
+    candidates = [correct, *(others + rest)[: choices - 1]]
+    rng.shuffle(candidates)
+    if kind == "colour":
+        question = f"What colour is the {needle.object} in the {needle.place}?"
+        prefix = f"The {needle.object} in the {needle.place} is"
+    elif kind == "object":
+        question = f"What {needle.colour} thing is in the {needle.place}?"
+        prefix = f"The {needle.colour} thing in the {needle.place} is a"
+    else:
+        question = f"Where is the {needle.colour} {needle.object}?"
+        prefix = f"The {needle.colour} {needle.object} is in the"
+    return question, prefix, candidates, candidates.index(correct)
+
+
+def _frame_tokens(tokenizer, text: str, background: list[int], length: int) -> list[int]:
+    """Caption tokens, then background tokens, cut or cycled to exactly `length` tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    filler = background * (length // max(1, len(background)) + 2)
+    return (ids + filler)[:length] if len(ids) < length else ids[:length]
+
+
+def make_item(tokenizer, seed: int, config: TaskConfig = TaskConfig()) -> Item:
+    """Build one item deterministically from `seed`."""
+    rng = random.Random(seed)
+    if config.frames % config.scenes:
+        raise ValueError(f"{config.frames} frames do not split into {config.scenes} equal scenes.")
+    scenes = _pick_scenes(rng, config.scenes, unique=not config.distractors)
+    needle = rng.randrange(config.scenes)
+    if config.distractors:
+        _add_distractors(rng, scenes, needle)
+    kind = config.question_types[seed % len(config.question_types)]
+    question, prefix, candidates, answer = _question(rng, kind, scenes[needle], scenes, config.choices)
+
+    head = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Captions of the frames of a video:\n"}], tokenize=False
+    ).rsplit("<|im_end|>", 1)[0]
+    tail = f"\nQuestion: {question}<|im_end|>\n<|im_start|>assistant\n{prefix}"
+    background = tokenizer("".join(rng.sample(BACKGROUND, 3)), add_special_tokens=False)["input_ids"]
+
+    ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    frame_map = [-1] * len(ids)
+    needle_positions: list[int] = []
+    answer_positions: list[int] = []
+    answer_token = tokenizer(" " + getattr(scenes[needle], kind), add_special_tokens=False)["input_ids"]
+    per_scene = config.frames // config.scenes
+    for frame in range(config.frames):
+        scene_index = frame // per_scene
+        scene = scenes[scene_index]
+        order = rng.sample(range(len(TEMPLATES)), len(TEMPLATES))
+        caption = "\n" + " ".join(
+            TEMPLATES[i].format(colour=scene.colour, object=scene.object, place=scene.place) for i in order
+        )
+        tokens = _frame_tokens(tokenizer, caption, background, config.tokens_per_frame)
+        start = len(ids)
+        ids += tokens
+        frame_map += [frame] * len(tokens)
+        if scene_index == needle:
+            needle_positions += range(start, start + len(tokens))
+            answer_positions += [start + i for i, t in enumerate(tokens) if t in answer_token]
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    ids += tail_ids
+    frame_map += [-1] * len(tail_ids)
+
+    candidate_ids = []
+    for word in candidates:
+        token = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if len(token) != 1:
+            raise ValueError(f"candidate {word!r} is not a single token for this tokenizer.")
+        candidate_ids.append(token[0])
+    return Item(
+        seed=seed,
+        question_type=kind,
+        scenes=scenes,
+        needle_scene=needle,
+        question=question,
+        prefix=prefix,
+        candidates=candidates,
+        answer=answer,
+        input_ids=torch.tensor([ids]),
+        frame_map=torch.tensor([frame_map]),
+        candidate_ids=candidate_ids,
+        needle_positions=torch.tensor(needle_positions),
+        answer_positions=torch.tensor(answer_positions),
+    )
+
+
+def make_items(tokenizer, count: int, split: str = "test", config: TaskConfig = TaskConfig()) -> list[Item]:
+    """`count` items of a split ("validation" or "test"); the two use disjoint seeds."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}.")
+    return [make_item(tokenizer, SPLIT_SEEDS[split] + i, config) for i in range(count)]
+
+
+def candidate_log_probs(logits: torch.Tensor, item: Item) -> torch.Tensor:
+    """Log-probabilities of the candidates at the last position, renormalised over the candidates."""
+    scores = torch.log_softmax(logits[0, -1].float(), dim=-1)[item.candidate_ids]
+    return torch.log_softmax(scores, dim=-1)
