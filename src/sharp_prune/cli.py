@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from .bench.command import add_bench_parser
 from .run import add_run_parser
 from .speed import add_speed_parser
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--retention", type=float, default=0.3, help="fraction of visual tokens kept (default 0.3)")
     demo.add_argument("--layer", type=int, default=2, help="decoder layer K where tokens are dropped (default 2)")
     demo.set_defaults(func=_demo)
+    add_bench_parser(sub)
     add_run_parser(sub)
     add_speed_parser(sub)
     return parser

@@ -22,11 +22,14 @@ import torch
 COLOURS = ("red", "blue", "green", "yellow", "black", "white", "orange", "purple", "pink", "brown")
 OBJECTS = ("car", "dog", "cat", "bike", "boat", "kite", "horse", "bird", "truck", "train", "ball", "duck", "cow", "bus")
 PLACES = ("street", "beach", "kitchen", "park", "river", "forest", "garden", "station", "market", "bridge", "field")
-TEMPLATES = (
-    "A {colour} {object} in the {place}.",
+# Each frame states the scene three ways, in a per-frame order (small variations across frames). The
+# questions' assistant prefixes end where one of these verbatim patterns puts the answer word, so the
+# answer can be copied from the needle scene: "In the {place}, the {colour} {object}", "The {object}
+# in the {place} is {colour}", "The {colour} {object} is in the {place}".
+SENTENCES = (
+    "In the {place}, the {colour} {object} waits.",
+    "The {object} in the {place} is {colour}.",
     "The {colour} {object} is in the {place}.",
-    "In the {place} there is a {colour} {object}.",
-    "We see a {colour} {object} at the {place}.",
 )
 BACKGROUND = (
     " The light is soft.",
@@ -52,8 +55,8 @@ class TaskConfig:
 
     frames: int = 64
     tokens_per_frame: int = 32
-    scenes: int = 8
-    choices: int = 4
+    scenes: int = 4
+    choices: int = 3
     question_types: tuple[str, ...] = QUESTION_TYPES
     distractors: bool = False
 
@@ -147,12 +150,13 @@ def _question(rng: random.Random, kind: str, needle: Scene, scenes: list[Scene],
     rng.shuffle(rest)
     candidates = [correct, *(others + rest)[: choices - 1]]
     rng.shuffle(candidates)
+    # The prefix ends where a caption's verbatim pattern puts the answer word.
     if kind == "colour":
         question = f"What colour is the {needle.object} in the {needle.place}?"
-        prefix = f"The {needle.object} in the {needle.place} is"
+        prefix = f"In the {needle.place}, the"
     elif kind == "object":
-        question = f"What {needle.colour} thing is in the {needle.place}?"
-        prefix = f"The {needle.colour} thing in the {needle.place} is a"
+        question = f"What is the {needle.colour} thing in the {needle.place}?"
+        prefix = f"In the {needle.place}, the {needle.colour}"
     else:
         question = f"Where is the {needle.colour} {needle.object}?"
         prefix = f"The {needle.colour} {needle.object} is in the"
@@ -193,10 +197,8 @@ def make_item(tokenizer, seed: int, config: TaskConfig = TaskConfig()) -> Item:
     for frame in range(config.frames):
         scene_index = frame // per_scene
         scene = scenes[scene_index]
-        order = rng.sample(range(len(TEMPLATES)), len(TEMPLATES))
-        caption = "\n" + " ".join(
-            TEMPLATES[i].format(colour=scene.colour, object=scene.object, place=scene.place) for i in order
-        )
+        order = rng.sample(SENTENCES, len(SENTENCES))
+        caption = "\n" + " ".join(t.format(colour=scene.colour, object=scene.object, place=scene.place) for t in order)
         tokens = _frame_tokens(tokenizer, caption, background, config.tokens_per_frame)
         start = len(ids)
         ids += tokens

@@ -1,0 +1,97 @@
+"""The captioned-video task generator and `sharp-prune bench` on a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sharp_prune.bench.command import add_bench_parser, options_from_args
+from sharp_prune.bench.report import plot_accuracy
+from sharp_prune.bench.runner import BenchOptions, run_bench, smallest_layer
+from sharp_prune.bench.task import TaskConfig, candidate_log_probs, make_item, make_items
+
+SMALL = TaskConfig(frames=8, tokens_per_frame=24, scenes=4)
+
+
+def test_items_are_deterministic_and_splits_disjoint(smollm2):
+    _, tokenizer = smollm2
+    a, b = make_items(tokenizer, 3, "test", SMALL), make_items(tokenizer, 3, "test", SMALL)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.input_ids, y.input_ids) and x.candidates == y.candidates
+    validation = make_items(tokenizer, 3, "validation", SMALL)
+    assert not any(torch.equal(x.input_ids, y.input_ids) for x in a for y in validation)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_item_answer_is_correct_and_in_the_needle_scene(smollm2, seed):
+    _, tokenizer = smollm2
+    item = make_item(tokenizer, seed, SMALL)
+    needle = item.scenes[item.needle_scene]
+    answer = item.candidates[item.answer]
+    assert answer == getattr(needle, item.question_type)
+    assert len(set(item.candidates)) == SMALL.choices
+    assert item.num_visual == SMALL.frames * SMALL.tokens_per_frame
+    # every frame has exactly tokens_per_frame tokens, in order
+    counts = torch.bincount(item.frame_map[0][item.frame_map[0] >= 0])
+    assert counts.tolist() == [SMALL.tokens_per_frame] * SMALL.frames
+    # the answer word occurs verbatim in the needle scene, and the question names the other attributes
+    text = tokenizer.decode(item.input_ids[0, item.needle_positions])
+    assert f" {answer}" in text
+    assert item.answer_positions.numel() > 0
+    others = {"colour", "object", "place"} - {item.question_type}
+    assert all(getattr(needle, o) in item.question for o in others)
+    # every attribute is unique in the video, so the named attributes identify the needle scene
+    for attribute in ("colour", "object", "place"):
+        assert len({getattr(s, attribute) for s in item.scenes}) == len(item.scenes)
+
+
+def test_unpruned_model_solves_a_fixed_subset(smollm2):
+    model, tokenizer = smollm2
+    items = make_items(tokenizer, 6, "test", SMALL)
+    correct = 0
+    for item in items:
+        with torch.no_grad():
+            logits = model(input_ids=item.input_ids, logits_to_keep=1).logits
+        correct += int(candidate_log_probs(logits, item).argmax()) == item.answer
+    assert correct >= 5
+
+
+def test_bench_runs_and_writes_json_and_png(smollm2, tmp_path):
+    model, tokenizer = smollm2
+    options = BenchOptions(
+        items=2, methods=("fastv", "sharp"), retentions=(0.25, 0.5), layers=(2, 4), ablation=True, task=SMALL
+    )
+    result = run_bench(model, tokenizer, options)
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(result))
+    loaded = json.loads(path.read_text())
+    methods = {row["method"] for row in loaded["summary"]}
+    assert methods == {"fastv", "sharp", "sharp-segm", "sharp-posc", "sharp-regd"}
+    assert len(loaded["summary"]) == 5 * 2 * 2
+    assert len(loaded["trials"]) == 2 * 5 * 2 * 2
+    for row in loaded["summary"]:
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["needle_recall"] <= 1 and row["kl"] >= -1e-6
+        assert row["kept"] == round(row["retention"] * SMALL.frames * SMALL.tokens_per_frame)
+        assert row["time_ratio_median"] > 0
+    assert loaded["options"]["method_configs"]["sharp-posc"]["posc"] is False
+    assert "sharp@K=2" in loaded["score_profiles"]
+    assert set(smallest_layer(loaded["summary"], retention=0.25)) == methods
+    png = plot_accuracy(loaded["summary"], loaded["baseline"]["accuracy"], tmp_path / "bench.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_bench_options_are_validated_before_loading():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers())
+    with pytest.raises(ValueError, match="retention"):
+        options_from_args(parser.parse_args(["bench", "--retentions", "0,0.2"]))
+    with pytest.raises(ValueError, match="choose one of"):
+        options_from_args(parser.parse_args(["bench", "--methods", "fastv,nope"]))
+    with pytest.raises(ValueError, match="multiple of"):
+        options_from_args(parser.parse_args(["bench", "--frames", "10", "--scenes", "4"]))
+    options = options_from_args(parser.parse_args(["bench", "--layers", "2,4", "--ablation", "--items", "3"]))
+    assert options.layers == (2, 4) and "sharp-regd" in options.method_list()
