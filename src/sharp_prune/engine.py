@@ -483,17 +483,18 @@ class PruneHandle:
                 "implementation changed after apply()?"
             )
         prior = self._prior(state, layer_kwargs) if self._selector.needs_prior else None
-        selection = self._selector.select(
-            SelectionInput(
-                layout=layout,
-                budget=state.budget,
-                scores=state.scores,
-                hidden=visual_hidden,
-                config=self.config,
-                prior=prior,
-                segments=state.segments,
+        with torch.no_grad():  # selection is not differentiable; merged states and registers are detached
+            selection = self._selector.select(
+                SelectionInput(
+                    layout=layout,
+                    budget=state.budget,
+                    scores=state.scores,
+                    hidden=visual_hidden,
+                    config=self.config,
+                    prior=prior,
+                    segments=state.segments,
+                )
             )
-        )
         plan = build_keep_plan(layout, selection.keep, state.seq_len, selection.hidden)
         kept_original = plan.kept_visual
         original = layout

@@ -311,7 +311,17 @@ def _selection_flops(dims: TextDims, layout: PrefillLayout, config: PruneConfig)
         n, budget = s.visual.numel(), s.kept_visual
         if config.method == "sharp" and config.regd and budget < n:
             registers = config.regd_registers if config.regd_registers is not None else s.num_segments
-            total += 2 * n * dims.hidden_size * (budget - min(registers, budget // 8))
+            selected = budget - min(registers, budget // 8)
+            greedy = selected - round(config.regd_rho * selected)
+            # dedup-greedy in blocks of up to 256 candidates, assuming few duplicates (about `greedy` visited):
+            # each block's own block x block product, and the block against the tokens accepted before it
+            block = min(256, n)
+            blocks = -(-greedy // block)
+            total += 2 * dims.hidden_size * block * block * blocks
+            total += 2 * dims.hidden_size * block * sum(min(greedy, b * block) for b in range(1, blocks))
+            # farthest-point sampling starts from one N x accepted product (its per-pick N x D products
+            # are matrix-vector products, which FlopCounterMode does not count)
+            total += 2 * n * dims.hidden_size * greedy
         elif config.method == "divprune":
             total += 2 * n * dims.hidden_size * budget
     return total
