@@ -47,6 +47,19 @@ def _text_config(num_layers: int, rope: bool) -> dict:
     return config
 
 
+def _tiny_siglip(image_size: int, patch_size: int) -> dict:
+    """A one-layer SigLIP vision config for tiny LLaVA-OneVision models."""
+    return dict(
+        model_type="siglip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
 def tiny_model(
     family: str,
     num_layers: int = 4,
@@ -60,15 +73,7 @@ def tiny_model(
     if family == "llava_onevision":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", **_text_config(num_layers, rope=False)),
-            vision_config=dict(
-                model_type="siglip_vision_model",
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                image_size=32,
-                patch_size=4,
-            ),
+            vision_config=_tiny_siglip(image_size=32, patch_size=4),
             image_token_index=IMAGE_TOKEN_ID,
             video_token_index=VIDEO_TOKEN_ID,
             vision_feature_select_strategy="full",
@@ -267,15 +272,7 @@ def tiny_llava_onevision_checkpoint(
     torch.manual_seed(seed)
     config = LlavaOnevisionConfig(
         text_config=dict(model_type="qwen2", **text),
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=size,
-            patch_size=patch,
-        ),
+        vision_config=_tiny_siglip(image_size=size, patch_size=patch),
         image_token_index=image_id,
         video_token_index=video_id,
         vision_feature_select_strategy="full",
