@@ -14,10 +14,9 @@ pytest.importorskip("av")
 
 import sharp_prune as sp  # noqa: E402
 from sharp_prune import video as video_mod  # noqa: E402
+from sharp_prune.processor_compat import _interpolate, _video_processor_base  # noqa: E402
 from sharp_prune.run import (  # noqa: E402
     RunResult,
-    _interpolate,
-    _video_processor_base,
     add_run_parser,
     build_inputs,
     format_result,

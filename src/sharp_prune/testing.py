@@ -246,7 +246,7 @@ def tiny_llava_onevision_checkpoint(
     from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
     from transformers.utils import is_torchvision_available
 
-    from .run import accepting_processor_class, torch_video_processor_class
+    from .processor_compat import accepting_processor_class, torch_video_processor_class
 
     folder = Path(path)
     if tokenizer_dir is None:
