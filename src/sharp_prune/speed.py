@@ -54,6 +54,8 @@ from .engine import PruneHandle, apply
 from .layout import frame_map_for_span
 from .record import PruneRecord
 from .selectors import available_methods
+from .speed_models import SHAPES, build_model
+from .speed_report import format_table, plot_speed
 
 BASELINE = "none"
 CACHED = "sharp-cached"
@@ -66,95 +68,6 @@ MEMORY_MEASURES = {
     "cpu": "peak of live bytes of tensor storages allocated during one untimed forward (TorchDispatchMode, "
     "storages tracked until freed): activations, KV cache and logits above what existed before the call "
     "(weights, inputs). Kernel-internal scratch buffers and allocator overhead are not seen.",
-}
-MEMORY_SHORT = {
-    "cuda": "max_memory_allocated above what was allocated before the forward",
-    "cpu": "peak live bytes of tensors allocated in the forward (activations, KV cache, logits; not weights)",
-}
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """A decoder-only LM shape: the transformers class and its config fields."""
-
-    name: str
-    family: str  # "llama" or "qwen2"
-    config: dict[str, Any]
-    note: str = ""
-
-
-SHAPES: dict[str, ModelShape] = {
-    "tiny": ModelShape(
-        "tiny",
-        "llama",
-        dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=256,
-            max_position_embeddings=4096,
-            tie_word_embeddings=True,
-            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
-            pad_token_id=0,
-        ),
-        "toy LlamaForCausalLM for tests",
-    ),
-    "smollm2-135m": ModelShape(
-        "smollm2-135m",
-        "llama",
-        dict(
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            vocab_size=49152,
-            max_position_embeddings=8192,
-            tie_word_embeddings=True,
-            rms_norm_eps=1e-5,
-            rope_parameters=dict(rope_type="default", rope_theta=100000.0),
-            pad_token_id=0,
-        ),
-        "SmolLM2-135M (LlamaForCausalLM)",
-    ),
-    "qwen2-0.5b": ModelShape(
-        "qwen2-0.5b",
-        "qwen2",
-        dict(
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            vocab_size=151936,
-            max_position_embeddings=32768,
-            tie_word_embeddings=True,
-            rms_norm_eps=1e-6,
-            rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
-            pad_token_id=151643,
-        ),
-        "Qwen2-0.5B (the LLM of LLaVA-OneVision-0.5B)",
-    ),
-    "qwen2-7b": ModelShape(
-        "qwen2-7b",
-        "qwen2",
-        dict(
-            hidden_size=3584,
-            intermediate_size=18944,
-            num_hidden_layers=28,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            vocab_size=152064,
-            max_position_embeddings=32768,
-            tie_word_embeddings=False,
-            rms_norm_eps=1e-6,
-            rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
-            pad_token_id=151643,
-        ),
-        "Qwen2-7B (the LLM of LLaVA-OneVision-7B; for GPUs: 15 GiB of bf16 weights)",
-    ),
 }
 
 
@@ -274,44 +187,6 @@ class SpeedOptions:
 
 
 # --------------------------------------------------------------------------------------------- model and prompt
-def build_model(
-    shape: str,
-    dtype: torch.dtype = torch.bfloat16,
-    device: str | torch.device = "cpu",
-    attn_implementation: str = "sdpa",
-    seed: int = 0,
-) -> PreTrainedModel:
-    """A random-weight `*ForCausalLM` of `shape` (a key of `SHAPES`), in eval mode, without gradients.
-
-    Built on the meta device, then materialised on `device` and initialised by transformers' own
-    `init_weights` (normal(0, 0.02) matrices, unit norms, RoPE buffers in fp32, tied embeddings tied),
-    so no weight is allocated twice and nothing is read from the hub.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    spec = SHAPES[shape]
-    config_cls, model_cls = (
-        (LlamaConfig, LlamaForCausalLM) if spec.family == "llama" else (Qwen2Config, Qwen2ForCausalLM)
-    )
-    config = config_cls(**spec.config, bos_token_id=1, eos_token_id=None)
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # parameters in `dtype`; RoPE buffers are built in fp32 explicitly
-    try:
-        with torch.device("meta"):
-            model = model_cls(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.to_empty(device=device)
-    with torch.no_grad():
-        model.init_weights()
-    model.requires_grad_(False)
-    model.set_attn_implementation(attn_implementation)
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = config.pad_token_id
-    return model.eval()
-
-
 @dataclass
 class SpeedPrompt:
     """One prompt: `input_ids` [1, L] and the generic adapter's `frame_map` [1, L] (-1 for text)."""
@@ -792,124 +667,6 @@ def _payload(
 
 
 # --------------------------------------------------------------------------------------------- output
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:.1f}"
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def format_table(payload: dict[str, Any]) -> str:
-    """The plain-text results table of a `run_speed` payload."""
-    machine, prompt = payload["machine"], payload["prompt"]
-    where = machine.get("gpu") or machine["cpu"]
-    lines = [
-        f"sharp-prune speed: {payload['model']['shape']} ({payload['model']['class']}, random weights), "
-        f"{machine['dtype']} on {machine['device']} ({where}, {machine['torch_threads']} threads)",
-        f"prompt {prompt['seq_len']} tokens: {prompt['prefix_tokens']} text + {prompt['frames']} frames x "
-        f"{prompt['tokens_per_frame']} visual + {prompt['suffix_tokens']} text; "
-        f"K={payload['options']['layer']}; {payload['options']['repeats']} timed repeats",
-        "",
-    ]
-    header = (
-        "config",
-        "kept",
-        "segs",
-        "median ms",
-        "min ms",
-        "max ms",
-        "x unpruned",
-        "speedup",
-        "FLOPs ratio",
-        "peak MiB",
-        "KV MiB",
-    )
-    rows = [header]
-    for r in payload["results"]:
-        rows.append(
-            (
-                r["name"],
-                str(r["kept_visual"]),
-                "-" if r["segments"] is None else str(r["segments"]),
-                f"{r['median_s'] * 1e3:.1f}",
-                f"{r['min_s'] * 1e3:.1f}",
-                f"{r['max_s'] * 1e3:.1f}",
-                f"{r['time_ratio']:.3f}",
-                f"{r['speedup']:.2f}x",
-                _fmt(r["flops_ratio"], ".3f"),
-                _mib(r["peak_delta_bytes"]),
-                _mib(r["kv_cache_bytes"]),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for i, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append("")
-    lines.append("x unpruned = median / unpruned median, same process; speedup = its inverse")
-    memory = MEMORY_SHORT[machine["device"]] if payload["memory_measure"] else "not measured (--no-memory)"
-    lines.append(f"peak MiB = {memory}; KV MiB = KV cache after the prefill")
-    if payload["flops"]["errors"]:
-        lines.append(f"FLOPs ratio missing: {'; '.join(payload['flops']['errors'])}")
-    return "\n".join(lines)
-
-
-def plot_speed(payload: dict[str, Any], path: str | Path) -> None:
-    """PNG: speedup over unpruned vs retention per method (dashed: the FLOPs bound), and peak memory."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    results = payload["results"]
-    base = results[0]
-    methods = list(dict.fromkeys(r["method"] for r in results[1:]))
-    figure = Figure(figsize=(11, 4.2))
-    FigureCanvasAgg(figure)
-    speed_ax, memory_ax = figure.subplots(1, 2)
-    colours = [f"C{i}" for i in range(10)]
-    has_bound = False
-    for i, method in enumerate(methods):
-        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["retention"])
-        x = [r["retention"] for r in rows]
-        colour = colours[i % len(colours)]
-        speed_ax.plot(x, [r["speedup"] for r in rows], "o-", color=colour, label=method)
-        bound = [r["speedup_bound"] for r in rows]
-        if all(b is not None for b in bound):
-            speed_ax.plot(x, bound, "--", color=colour, alpha=0.6)
-            has_bound = True
-        memory = [r["peak_delta_bytes"] for r in rows]
-        if all(m is not None for m in memory):
-            memory_ax.plot(x, [m / 2**20 for m in memory], "o-", color=colour, label=method)
-    speed_ax.axhline(1.0, color="grey", lw=1, label="unpruned")
-    if has_bound:
-        speed_ax.plot([], [], "--", color="grey", alpha=0.6, label="FLOPs bound (1 / FLOPs ratio)")
-    speed_ax.set_xlabel("retention r (share of visual tokens kept past layer K)")
-    speed_ax.set_ylabel("prefill speedup over unpruned (median)")
-    speed_ax.set_title("time to first token")
-    speed_ax.set_ylim(bottom=0)
-    speed_ax.legend(fontsize=7, framealpha=0.8)
-    speed_ax.grid(alpha=0.3)
-    if base["peak_delta_bytes"] is not None:
-        memory_ax.axhline(base["peak_delta_bytes"] / 2**20, color="grey", lw=1, label="unpruned")
-    memory_ax.set_xlabel("retention r")
-    memory_ax.set_ylabel("peak memory of the forward (MiB)")
-    memory_ax.set_title("peak memory of the prefill")
-    memory_ax.set_ylim(bottom=0)
-    memory_ax.legend(fontsize=7, framealpha=0.8)
-    memory_ax.grid(alpha=0.3)
-    machine, prompt = payload["machine"], payload["prompt"]
-    figure.suptitle(
-        f"{payload['model']['shape']} (random weights), {prompt['frames']}x{prompt['tokens_per_frame']} visual tokens, "
-        f"K={payload['options']['layer']}, {machine['dtype']} on {machine.get('gpu') or machine['device']}",
-        fontsize=10,
-    )
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
-# --------------------------------------------------------------------------------------------- CLI
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
     def parse(text: str) -> tuple[Any, ...]:
         try:
