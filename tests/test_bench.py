@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from sharp_prune.bench.command import add_bench_parser, options_from_args
 from sharp_prune.bench.report import plot_accuracy
 from sharp_prune.bench.runner import BenchOptions, run_bench, smallest_layer
-from sharp_prune.bench.task import TaskConfig, candidate_log_probs, make_item, make_items
+from sharp_prune.bench.task import ALL_QUESTION_TYPES, TaskConfig, candidate_log_probs, make_item, make_items
 
 SMALL = TaskConfig(frames=8, tokens_per_frame=24, scenes=4)
 
@@ -24,13 +25,13 @@ def test_items_are_deterministic_and_splits_disjoint(smollm2):
     assert not any(torch.equal(x.input_ids, y.input_ids) for x in a for y in validation)
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_item_answer_is_correct_and_in_the_needle_scene(smollm2, seed):
     _, tokenizer = smollm2
-    item = make_item(tokenizer, seed, SMALL)
+    item = make_item(tokenizer, seed, replace(SMALL, question_types=ALL_QUESTION_TYPES))
     needle = item.scenes[item.needle_scene]
     answer = item.candidates[item.answer]
-    assert answer == getattr(needle, item.question_type)
+    assert answer == getattr(needle, "object" if item.question_type == "after" else item.question_type)
     assert len(set(item.candidates)) == SMALL.choices
     assert item.num_visual == SMALL.frames * SMALL.tokens_per_frame
     # every frame has exactly tokens_per_frame tokens, in order
@@ -40,8 +41,12 @@ def test_item_answer_is_correct_and_in_the_needle_scene(smollm2, seed):
     text = tokenizer.decode(item.input_ids[0, item.needle_positions])
     assert f" {answer}" in text
     assert item.answer_positions.numel() > 0
-    others = {"colour", "object", "place"} - {item.question_type}
-    assert all(getattr(needle, o) in item.question for o in others)
+    if item.question_type == "after":  # the question names the scene before the needle
+        previous = item.scenes[item.needle_scene - 1]
+        assert item.needle_scene >= 1 and f"{previous.colour} {previous.object}" in item.question
+    else:
+        others = {"colour", "object", "place"} - {item.question_type}
+        assert all(getattr(needle, o) in item.question for o in others)
     # every attribute is unique in the video, so the named attributes identify the needle scene
     for attribute in ("colour", "object", "place"):
         assert len({getattr(s, attribute) for s in item.scenes}) == len(item.scenes)
@@ -91,6 +96,8 @@ def test_bench_options_are_validated_before_loading():
         options_from_args(parser.parse_args(["bench", "--retentions", "0,0.2"]))
     with pytest.raises(ValueError, match="choose one of"):
         options_from_args(parser.parse_args(["bench", "--methods", "fastv,nope"]))
+    with pytest.raises(ValueError, match="question-types"):
+        options_from_args(parser.parse_args(["bench", "--question-types", "colour,when"]))
     with pytest.raises(ValueError, match="multiple of"):
         options_from_args(parser.parse_args(["bench", "--frames", "10", "--scenes", "4"]))
     options = options_from_args(parser.parse_args(["bench", "--layers", "2,4", "--ablation", "--items", "3"]))

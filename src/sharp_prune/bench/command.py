@@ -15,7 +15,7 @@ import torch
 
 from .report import plot_accuracy, print_table, write_json
 from .runner import ABLATIONS, DEFAULT_METHODS, BenchOptions, run_bench, smallest_layer
-from .task import TaskConfig
+from .task import ALL_QUESTION_TYPES, TaskConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=TaskConfig.frames, help="frames per video (default 64)")
     parser.add_argument("--tokens-per-frame", type=int, default=TaskConfig.tokens_per_frame, help="(default 32)")
     parser.add_argument("--scenes", type=int, default=TaskConfig.scenes, help="scenes per video (default 4)")
+    parser.add_argument(
+        "--question-types",
+        type=_names,
+        default=TaskConfig.question_types,
+        help="comma-separated, of colour,object,place,after (default colour,object,place; 'after' asks for order)",
+    )
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="model dtype (default bf16)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="folder for bench.json and bench.png")
@@ -60,7 +66,13 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
-    task = replace(TaskConfig(), frames=args.frames, tokens_per_frame=args.tokens_per_frame, scenes=args.scenes)
+    task = replace(
+        TaskConfig(),
+        frames=args.frames,
+        tokens_per_frame=args.tokens_per_frame,
+        scenes=args.scenes,
+        question_types=args.question_types,
+    )
     options = BenchOptions(
         items=args.items,
         split=args.split,
@@ -88,6 +100,11 @@ def validate(options: BenchOptions) -> None:
         for retention in options.retentions:
             for layer in options.layers:
                 method_config(method, retention, layer)  # raises ConfigError on a bad name or value
+    unknown = set(options.task.question_types) - set(ALL_QUESTION_TYPES)
+    if unknown or not options.task.question_types:
+        raise ValueError(
+            f"--question-types must be a non-empty subset of {ALL_QUESTION_TYPES}, got {unknown or 'none'}."
+        )
     if options.task.frames % options.task.scenes:
         raise ValueError(f"--frames {options.task.frames} must be a multiple of --scenes {options.task.scenes}.")
 

@@ -39,6 +39,8 @@ BACKGROUND = (
     " Nothing else moves.",
 )
 QUESTION_TYPES = ("colour", "object", "place")
+# "after" (which object comes right after a named scene) is opt-in: SmolLM2-135M is near chance on it.
+ALL_QUESTION_TYPES = (*QUESTION_TYPES, "after")
 SPLIT_SEEDS = {"validation": 10_000, "test": 20_000}
 
 
@@ -138,12 +140,13 @@ def _pick_ok(scenes: list[Scene], candidate: Scene) -> bool:
     )
 
 
-def _question(rng: random.Random, kind: str, needle: Scene, scenes: list[Scene], choices: int):
+def _question(rng: random.Random, kind: str, needle: Scene, scenes: list[Scene], choices: int, previous: Scene | None):
     """Question, assistant prefix, candidate words and the answer's index."""
-    pools = {"colour": COLOURS, "object": OBJECTS, "place": PLACES}
-    correct = getattr(needle, kind)
+    pools = {"colour": COLOURS, "object": OBJECTS, "place": PLACES, "after": OBJECTS}
+    attribute = "object" if kind == "after" else kind
+    correct = getattr(needle, attribute)
     # Prefer distractor answers that occur in the video, so a wrong scene gives a plausible answer.
-    in_video = [getattr(s, kind) for s in scenes if getattr(s, kind) != correct]
+    in_video = [getattr(s, attribute) for s in scenes if getattr(s, attribute) != correct]
     others = list(dict.fromkeys(in_video))
     rng.shuffle(others)
     rest = [w for w in pools[kind] if w != correct and w not in others]
@@ -154,6 +157,9 @@ def _question(rng: random.Random, kind: str, needle: Scene, scenes: list[Scene],
     if kind == "colour":
         question = f"What colour is the {needle.object} in the {needle.place}?"
         prefix = f"In the {needle.place}, the"
+    elif kind == "after":  # temporal order: the scene right after `previous`
+        question = f"What thing comes right after the {previous.colour} {previous.object}?"
+        prefix = f"Right after the {previous.colour} {previous.object} comes the"
     elif kind == "object":
         question = f"What is the {needle.colour} thing in the {needle.place}?"
         prefix = f"In the {needle.place}, the {needle.colour}"
@@ -180,7 +186,12 @@ def make_item(tokenizer, seed: int, config: TaskConfig = TaskConfig()) -> Item:
     if config.distractors:
         _add_distractors(rng, scenes, needle)
     kind = config.question_types[seed % len(config.question_types)]
-    question, prefix, candidates, answer = _question(rng, kind, scenes[needle], scenes, config.choices)
+    if kind not in ALL_QUESTION_TYPES:
+        raise ValueError(f"unknown question type {kind!r}; choose from {ALL_QUESTION_TYPES}.")
+    if kind == "after" and needle == 0:
+        needle = rng.randrange(1, config.scenes)  # the needle needs a scene before it
+    previous = scenes[needle - 1] if needle else None
+    question, prefix, candidates, answer = _question(rng, kind, scenes[needle], scenes, config.choices, previous)
 
     head = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Captions of the frames of a video:\n"}], tokenize=False
@@ -192,7 +203,8 @@ def make_item(tokenizer, seed: int, config: TaskConfig = TaskConfig()) -> Item:
     frame_map = [-1] * len(ids)
     needle_positions: list[int] = []
     answer_positions: list[int] = []
-    answer_token = tokenizer(" " + getattr(scenes[needle], kind), add_special_tokens=False)["input_ids"]
+    attribute = "object" if kind == "after" else kind
+    answer_token = tokenizer(" " + getattr(scenes[needle], attribute), add_special_tokens=False)["input_ids"]
     per_scene = config.frames // config.scenes
     for frame in range(config.frames):
         scene_index = frame // per_scene
