@@ -96,14 +96,15 @@ def plot_speed(payload: dict[str, Any], path: str | Path) -> None:
         speed_ax.plot(x, [r["speedup"] for r in rows], "o-", color=colour, label=method)
         bound = [r["speedup_bound"] for r in rows]
         if all(b is not None for b in bound):
-            speed_ax.plot(x, bound, "--", color=colour, alpha=0.6)
+            # a marker too, so that a single retention still shows its bound
+            speed_ax.plot(x, bound, "--", marker="_", markersize=14, color=colour, alpha=0.6)
             has_bound = True
         memory = [r["peak_delta_bytes"] for r in rows]
         if all(m is not None for m in memory):
             memory_ax.plot(x, [m / 2**20 for m in memory], "o-", color=colour, label=method)
     speed_ax.axhline(1.0, color="grey", lw=1, label="unpruned")
     if has_bound:
-        speed_ax.plot([], [], "--", color="grey", alpha=0.6, label="FLOPs bound (1 / FLOPs ratio)")
+        speed_ax.plot([], [], "--", marker="_", color="grey", alpha=0.6, label="FLOPs bound (1 / FLOPs ratio)")
     speed_ax.set_xlabel("retention r (share of visual tokens kept past layer K)")
     speed_ax.set_ylabel("prefill speedup over unpruned (median)")
     speed_ax.set_title("time to first token")
