@@ -49,6 +49,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 from transformers import PreTrainedModel
 
+from .cli_args import comma_list
 from .config import PruneConfig
 from .engine import PruneHandle, apply
 from .layout import frame_map_for_span
@@ -667,16 +668,6 @@ def _payload(
 
 
 # --------------------------------------------------------------------------------------------- output
-def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
-    def parse(text: str) -> tuple[Any, ...]:
-        try:
-            return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"not a comma-separated list: {text!r} ({err})") from err
-
-    return parse
-
-
 def options_from_args(args: argparse.Namespace) -> SpeedOptions:
     """`SpeedOptions` from the parsed `speed` subcommand."""
     return SpeedOptions(
@@ -730,14 +721,14 @@ def add_speed_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--methods",
-        type=_csv(str),
+        type=comma_list(str),
         default=defaults.methods,
         help=f"comma-separated methods, timed against the unpruned baseline (default {','.join(defaults.methods)}; "
         f"any of {', '.join(m for m in available_methods() if m != BASELINE)}, {CACHED})",
     )
     parser.add_argument(
         "--retentions",
-        type=_csv(float),
+        type=comma_list(float),
         default=defaults.retentions,
         help=f"comma-separated retentions (default {','.join(f'{r:g}' for r in defaults.retentions)})",
     )

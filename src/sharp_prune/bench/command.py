@@ -13,23 +13,12 @@ from typing import Any
 
 import torch
 
+from ..cli_args import comma_list
 from .report import plot_accuracy, print_table, write_json
 from .runner import ABLATIONS, DEFAULT_METHODS, BenchOptions, run_bench, smallest_layer
 from .task import ALL_QUESTION_TYPES, TaskConfig
 
 logger = logging.getLogger(__name__)
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -42,9 +31,13 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--items", type=int, default=16, help="questions to ask (default 16)")
     parser.add_argument("--split", choices=("test", "validation"), default="test", help="seed set (tune on validation)")
-    parser.add_argument("--methods", type=_names, default=DEFAULT_METHODS, help="comma-separated methods")
-    parser.add_argument("--retentions", type=_floats, default=(0.1, 0.2, 0.3), help="comma-separated (0.1,0.2,0.3)")
-    parser.add_argument("--layers", type=_ints, default=(2,), help="comma-separated layers K to sweep (default 2)")
+    parser.add_argument("--methods", type=comma_list(str), default=DEFAULT_METHODS, help="comma-separated methods")
+    parser.add_argument(
+        "--retentions", type=comma_list(float), default=(0.1, 0.2, 0.3), help="comma-separated (0.1,0.2,0.3)"
+    )
+    parser.add_argument(
+        "--layers", type=comma_list(int), default=(2,), help="comma-separated layers K to sweep (default 2)"
+    )
     parser.add_argument(
         "--ablation", action="store_true", help=f"add ShaRP with one component off: {', '.join(ABLATIONS)}"
     )
@@ -53,7 +46,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--scenes", type=int, default=TaskConfig.scenes, help="scenes per video (default 4)")
     parser.add_argument(
         "--question-types",
-        type=_names,
+        type=comma_list(str),
         default=TaskConfig.question_types,
         help="comma-separated, of colour,object,place,after (default colour,object,place; 'after' asks for order)",
     )
