@@ -92,3 +92,29 @@ def test_blockwise_segm_attention_equals_dense_mask(within, group):
     expected = F.scaled_dot_product_attention(query, k_full, v_full, attn_mask=dense, scale=dim**-0.5).transpose(1, 2)
     real = key_valid  # padding rows are garbage in both; compare real rows
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+def test_record_carries_frame_similarity_and_grid(family):
+    """With record_scores, the record holds SegM's frame-to-frame cosines; its cuts are where they fall below tau."""
+    import sharp_prune as sp
+    from sharp_prune.testing import TinyVideo, tiny_inputs, tiny_model
+
+    model = tiny_model(family)
+    inputs = tiny_inputs(model, [3, 5], [4, 4], video=TinyVideo(frames=6))
+    tau = 0.5
+    config = sp.PruneConfig(method="sharp", retention=0.3, record_scores=True, segm_tau=tau, segm_max_segments=8)
+    with sp.apply(model, config) as handle:
+        model(**inputs)
+    record = handle.last
+    assert record.grid == (4, 4)
+    for row in range(2):
+        similarity = record.frame_similarity[row]
+        assert similarity.shape == (5,) and not similarity.requires_grad
+        frame_segments = torch.zeros(6, dtype=torch.long)
+        frame_segments[record.frame_ids[row]] = record.segment_ids[row]
+        cut_after = (frame_segments.diff() == 1).nonzero().flatten().tolist()
+        assert cut_after == (similarity < tau).nonzero().flatten().tolist()
+    with sp.apply(model, config.replace(record_scores=False)) as handle:
+        model(**inputs)
+    assert handle.last.frame_similarity is None

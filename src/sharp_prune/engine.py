@@ -59,6 +59,7 @@ class _Prefill:
     prior: torch.Tensor | None = None
     embeds: torch.Tensor | None = None  # [b, L, D] input embeddings of the decoder
     segments: torch.Tensor | None = None  # [b, N] segment id of each visual token
+    frame_similarity: list[torch.Tensor] | None = None  # per sample [F-1]: SegM's cosine of frames f, f+1
     segment_map: torch.Tensor | None = None  # [b, L] segment id, -1 for non-visual (SegM mask)
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin of layer K-1 (to remove RoPE)
     phase: str = "real"  # "prior" while PosC's content-free pass runs
@@ -399,11 +400,15 @@ class PruneHandle:
 
     def _segment(self, layout: VisualLayout, embeds: torch.Tensor) -> torch.Tensor:
         visual = gather_along(embeds, layout.positions, dim=1)
-        rows = []
+        rows, similarity = [], []
         for row in range(layout.batch_size):
             descriptors = frame_descriptors(visual[row], layout.frame_ids[row])
             frame_segments = segment_frames(descriptors, self.config.segm_tau, self.config.segm_max_segments)
             rows.append(frame_segments[layout.frame_ids[row]])
+            if self.config.record_scores:
+                similarity.append((descriptors[:-1] * descriptors[1:]).sum(dim=-1).detach().cpu())
+        if self.config.record_scores and self._prefill is not None:
+            self._prefill.frame_similarity = similarity
         return torch.stack(rows)
 
     def _keep_rope(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -520,7 +525,9 @@ class PruneHandle:
             raw_scores=_rows(state.scores) if self.config.record_scores else None,
             prior=_rows(prior) if self.config.record_scores else None,
             segment_ids=_rows(state.segments),
+            frame_similarity=state.frame_similarity,
             is_register=_rows(selection.is_register),
+            grid=original.grid,
             config=self.config.to_dict(),
         )
         return plan

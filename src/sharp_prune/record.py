@@ -27,6 +27,8 @@ class PruneRecord:
         raw_scores: per sample, the attention scores before calibration (`record_scores=True`).
         prior: per sample, PosC's content-free prior (`record_scores=True`, ShaRP with PosC).
         segment_ids: per sample, the segment of each visual token (ShaRP), else None.
+        frame_similarity: per sample, [F - 1] cosine between the SegM descriptors of frames f and f + 1
+            (`record_scores=True`, ShaRP with SegM); SegM cuts where it is below `segm_tau`.
         is_register: per sample, aligned with `keep_positions`: True where the slot is a register
             (a merged summary placed at that position) rather than the token itself; None if no method
             produced registers.
@@ -36,6 +38,8 @@ class PruneRecord:
         num_query_rows: per sample, the query rows that scored the visual tokens at layer K-1 (|Q|: the
             non-padding text tokens after the last visual token, or 1 for the last token); None when the
             method scores nothing.
+        grid: (h, w) when each frame's visual tokens are an h x w raster in row-major order (VLM
+            adapters), else None (generic adapter).
         attention_mask: per sample, [L] bool in original coordinates, False at padding; None when the
             call had no 2-D attention mask (no padding).
         config: the `PruneConfig` as a dict.
@@ -54,11 +58,13 @@ class PruneRecord:
     raw_scores: list[torch.Tensor] | None = None
     prior: list[torch.Tensor] | None = None
     segment_ids: list[torch.Tensor] | None = None
+    frame_similarity: list[torch.Tensor] | None = None
     is_register: list[torch.Tensor] | None = None
     pre_kept: list[int] | None = None
     pre_keep_positions: list[torch.Tensor] | None = None
     num_query_rows: list[int] | None = None
     attention_mask: list[torch.Tensor] | None = None
+    grid: tuple[int, int] | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -77,6 +83,7 @@ class PruneRecord:
             "budget": self.budget,
             "pre_kept": self.pre_kept,
             "num_query_rows": self.num_query_rows,
+            "grid": list(self.grid) if self.grid is not None else None,
             "keep_positions": [p.tolist() for p in self.keep_positions],
             "register_positions": None
             if self.is_register is None
