@@ -118,3 +118,18 @@ def test_record_carries_frame_similarity_and_grid(family):
     with sp.apply(model, config.replace(record_scores=False)) as handle:
         model(**inputs)
     assert handle.last.frame_similarity is None
+
+
+def test_empty_frames_continue_the_scene_before_them():
+    """Frames the pre-LLM stage emptied take the previous frame's descriptor: no cuts around them."""
+    gen = torch.Generator().manual_seed(0)
+    scene_a, scene_b = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+    # frames 0, 1 (scene a), 2 empty, 3 (scene a), 4 empty, 5 (scene b); frame 6 empty at the end
+    frame_ids = torch.tensor([0, 0, 1, 1, 3, 3, 5, 5])
+    embeds = torch.stack([scene_a] * 6 + [scene_b] * 2) + 0.01 * torch.randn(8, 8, generator=gen)
+    descriptors = frame_descriptors(embeds, frame_ids)
+    assert torch.equal(descriptors[2], descriptors[1]) and torch.equal(descriptors[4], descriptors[3])
+    assert segment_frames(descriptors, tau=0.9, max_segments=8).tolist() == [0, 0, 0, 0, 0, 1]
+    # leading empty frames take the first real frame's descriptor
+    lead = frame_descriptors(embeds[:4], torch.tensor([2, 2, 3, 3]))
+    assert torch.equal(lead[0], lead[2]) and torch.equal(lead[1], lead[2])

@@ -16,11 +16,23 @@ import torch.nn.functional as F
 
 
 def frame_descriptors(visual_embeds: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
-    """L2-normalised mean input embedding of each frame: [N, D] and [N] frame ids -> [F, D]."""
+    """L2-normalised mean input embedding of each frame: [N, D] and [N] frame ids -> [F, D].
+
+    A frame with no tokens (the pre-LLM stage dropped them all as duplicates of the frame before) takes the
+    descriptor of the nearest earlier frame that has tokens (of the first one, for leading empty frames): it
+    continues that frame's scene instead of forcing cuts on both sides with a zero descriptor.
+    """
     num_frames = int(frame_ids.max()) + 1
     sums = torch.zeros(num_frames, visual_embeds.shape[-1], dtype=torch.float32, device=visual_embeds.device)
     sums.index_add_(0, frame_ids, visual_embeds.float())
-    return F.normalize(sums, dim=-1)
+    descriptors = F.normalize(sums, dim=-1)
+    present = torch.bincount(frame_ids, minlength=num_frames) > 0
+    if bool(present.all()):
+        return descriptors
+    index = torch.arange(num_frames, device=frame_ids.device)
+    source = torch.where(present, index, torch.full_like(index, -1)).cummax(dim=0).values
+    source = torch.where(source < 0, index[present][0], source)
+    return descriptors[source]
 
 
 def segment_frames(descriptors: torch.Tensor, tau: float, max_segments: int) -> torch.Tensor:
