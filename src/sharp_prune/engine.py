@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -172,6 +173,8 @@ class PruneHandle:
         self.base_attention = attn.base_attention_for(self._base_impl, self._attention_modules[0])
         self._drop_position_ids = "flash" in self._base_impl
         self._forward_params = list(inspect.signature(model.forward).parameters)
+        self._lock = threading.Lock()
+        self._running: int | None = None  # thread id of the forward in progress
         self._active = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -181,7 +184,8 @@ class PruneHandle:
         self._decoder.config._attn_implementation_internal = attn.registered_name(self._base_impl)
         attn.attach(self._attention_modules, self)
         self._hooks.append(model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
-        self._hooks.append(model.register_forward_hook(self._on_model_output))
+        # always_call: the forward's state is dropped (and the model freed for other threads) even when it raises
+        self._hooks.append(model.register_forward_hook(self._on_model_output, always_call=True))
         selector = self._selector
         if selector.needs_segments or selector.needs_prior or self.config.pre is not None:
             self._hooks.append(self._decoder.register_forward_pre_hook(self._on_decoder_forward, with_kwargs=True))
@@ -260,6 +264,14 @@ class PruneHandle:
         return inputs
 
     def _on_model_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            if self._running is not None and self._running != me:
+                raise InputError(
+                    "this pruned model is running a forward in another thread; its per-forward state is not shared "
+                    "safely: run one forward at a time (a lock around generate), or load one model per thread."
+                )
+            self._running = me
         self._prefill = self._decode = None
         inputs = self._inputs(args, kwargs)
         cache = inputs.get("past_key_values")
@@ -576,6 +588,9 @@ class PruneHandle:
     def _on_model_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self._prefill = None
         self._decode = None
+        with self._lock:
+            if self._running == threading.get_ident():
+                self._running = None
 
     def _empty_record(self, batch: int, seq_len: int) -> PruneRecord:
         return PruneRecord(
