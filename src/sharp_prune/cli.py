@@ -9,6 +9,7 @@ import sys
 from .bench.command import add_bench_parser
 from .run import add_run_parser
 from .speed import add_speed_parser
+from .viz.command import add_viz_parser
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_run_parser(sub)
     add_speed_parser(sub)
+    add_viz_parser(sub)
     return parser
 
 

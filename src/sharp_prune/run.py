@@ -14,6 +14,7 @@ Without torchvision, the processor comes from `sharp_prune.processor_compat` (se
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.util
 import json
@@ -21,7 +22,7 @@ import logging
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,6 +33,7 @@ from .config import PruneConfig
 from .engine import apply
 from .errors import InputError, ModelLoadError, UnsupportedModelError
 from .processor_compat import processor_without_torchvision
+from .record import PruneRecord
 from .video import VideoClip, read_video
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,9 @@ class RunResult:
         unpruned_answer, unpruned_prefill_s: the same without pruning (`compare=True`), else None.
         device, dtype: where and in which dtype the model ran.
         max_new_tokens: the generation limit.
+        viz: the pictures written (`viz_dir`), {name: path}, else None.
+        record: the pruned prefill's `PruneRecord` (not in `to_dict`).
+        clip: the decoded frames (`VideoClip`; not in `to_dict`), e.g. for `sharp_prune.viz.write_all`.
     """
 
     model: str
@@ -93,6 +98,9 @@ class RunResult:
     device: str = "cpu"
     dtype: str = "float32"
     max_new_tokens: int = 64
+    viz: dict[str, str] | None = None
+    record: PruneRecord | None = field(default=None, repr=False, compare=False)
+    clip: VideoClip | None = field(default=None, repr=False, compare=False)
 
     @property
     def retained_fraction(self) -> float:
@@ -107,8 +115,9 @@ class RunResult:
         return self.unpruned_prefill_s / self.prefill_s
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able copy, with `retained_fraction` and `speedup` added."""
-        data = asdict(self)
+        """JSON-able copy, with `retained_fraction` and `speedup` added (without `record` and `clip`)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("record", "clip")}
+        data = copy.deepcopy(data)
         data["retained_fraction"] = self.retained_fraction
         data["speedup"] = self.speedup
         return data
@@ -265,7 +274,8 @@ def build_inputs(processor: Any, clip: VideoClip, question: str) -> Any:
     return processor(text=prompt, videos=[clip.frames], video_metadata=[clip.metadata()], return_tensors="pt")
 
 
-def _to_model(inputs: Any, model: nn.Module) -> dict[str, Any]:
+def inputs_on_model(inputs: Any, model: nn.Module) -> dict[str, Any]:
+    """The processor's output as a dict of tensors on the model's device (floating ones in its dtype)."""
     param = next(model.parameters())
     out = {}
     for key, value in dict(inputs).items():
@@ -326,6 +336,8 @@ def run(
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
     prefill_repeats: int = 3,
+    viz_dir: str | Path | None = None,
+    viz_frames: int = 16,
 ) -> RunResult:
     """Answer `question` about `video` with pruning (and, with `compare`, without), timing each prefill.
 
@@ -341,6 +353,9 @@ def run(
         processor: the model's processor, when `model` is a loaded model.
         dtype, device, attn_implementation: passed to `load_model` when `model` is a name or path.
         prefill_repeats: forwards timed per prefill measurement (after one warm-up).
+        viz_dir: write the pictures of the pruned prefill there (`sharp_prune.viz.write_all`; scores are
+            recorded for them, `record_scores=True`); their paths are in `RunResult.viz`.
+        viz_frames: frames shown in the overlay picture (evenly spaced).
 
     The video is decoded (and every video check runs) before the model loads. The model is left as it was:
     the pruning handle is removed before returning, also on error.
@@ -350,9 +365,18 @@ def run(
         raise InputError(f"config must be a PruneConfig, got {type(config).__name__}.")
     if not isinstance(question, str) or not question.strip():
         raise InputError("the question is empty; pass the question to ask about the video, e.g. 'What happens?'.")
-    for name, value in (("max_new_tokens", max_new_tokens), ("prefill_repeats", prefill_repeats)):
+    for name, value in (
+        ("max_new_tokens", max_new_tokens),
+        ("prefill_repeats", prefill_repeats),
+        ("viz_frames", viz_frames),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be an int >= 1, got {value!r}.")
+    if viz_dir is not None:
+        from .viz.figure import require_matplotlib
+
+        require_matplotlib()  # before the video and the model, not after the answer
+        config = config.replace(record_scores=True)
     clip = read_video(video, num_frames)
     if isinstance(model, nn.Module):
         if processor is None:
@@ -362,7 +386,7 @@ def run(
         model_name = str(model)
         logger.info("loading %s", model_name)
         model, processor = load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
-    inputs = _to_model(build_inputs(processor, clip, question), model)
+    inputs = inputs_on_model(build_inputs(processor, clip, question), model)
     param = next(model.parameters())
 
     unpruned_answer = unpruned_prefill = None
@@ -378,6 +402,11 @@ def run(
         record = handle.last
     finally:
         handle.remove()
+    viz = None
+    if viz_dir is not None and record is not None:
+        from .viz import write_all
+
+        viz = {name: str(path) for name, path in write_all(record, clip.frames, viz_dir, max_frames=viz_frames).items()}
     return RunResult(
         model=model_name,
         model_class=type(model).__name__,
@@ -396,6 +425,9 @@ def run(
         device=str(param.device),
         dtype=str(param.dtype).removeprefix("torch."),
         max_new_tokens=max_new_tokens,
+        viz=viz,
+        record=record,
+        clip=clip,
     )
 
 
@@ -485,6 +517,9 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--prefill-repeats", type=_positive_int, default=3, help="timed prefill forwards after a warm-up (default 3)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    parser.add_argument(
+        "--viz", type=Path, default=None, metavar="DIR", help="also draw the pruned prefill's pictures (PNG) into DIR"
+    )
     parser.set_defaults(func=run_command)
     return parser
 
@@ -505,14 +540,19 @@ def run_command(args: argparse.Namespace) -> int:
             device=args.device,
             attn_implementation=args.attn,
             prefill_repeats=args.prefill_repeats,
+            viz_dir=getattr(args, "viz", None),
         )
-    except ImportError as err:  # PyAV (or another optional dependency) missing
+    except ImportError as err:  # PyAV, matplotlib (or another optional dependency) missing
         print(f"sharp-prune: error: {err}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print_result(result)
+        if result.viz is not None:
+            from .viz import print_written
+
+            print_written(result.viz, result.record)
     return 0
 
 
@@ -523,6 +563,7 @@ __all__ = [
     "build_inputs",
     "format_result",
     "generate_answer",
+    "inputs_on_model",
     "load_model",
     "load_processor",
     "measure_prefill",

@@ -1,11 +1,17 @@
-"""Presenting bench results: a terminal table, the JSON file, the accuracy-vs-retention plot."""
+"""Presenting bench results: a terminal table, the JSON file, the accuracy-vs-retention plot.
+
+The plot is `sharp_prune.viz.plot_accuracy` (shared with `sharp-prune viz --bench`), re-exported here.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ..viz.plots import plot_accuracy
+
+__all__ = ["plot_accuracy", "print_table", "write_json"]
 
 
 def print_table(result: dict[str, Any], console: Any = None) -> None:
@@ -58,36 +64,4 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
-    return path
-
-
-def plot_accuracy(
-    summary: Sequence[dict[str, Any]], baseline_accuracy: float, path: str | Path, title: str = ""
-) -> Path:
-    """Accuracy vs retention, one line per method, one panel per layer K; the unpruned level dashed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    layers = sorted({row["layer"] for row in summary})
-    figure = Figure(figsize=(5 * len(layers), 4), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(layers), squeeze=False)[0]
-    for ax, layer in zip(axes, layers, strict=True):
-        rows = [r for r in summary if r["layer"] == layer]
-        for method in sorted({r["method"] for r in rows}):
-            points = sorted((r["retention"], r["accuracy"]) for r in rows if r["method"] == method)
-            style = {"linewidth": 2.5} if method == "sharp" else {"linewidth": 1.2}
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method, **style)
-        ax.axhline(baseline_accuracy, color="black", linestyle="--", linewidth=1, label="unpruned")
-        ax.set_xlabel("retention r")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1.02)
-        ax.set_title(f"K = {layer}")
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=8, loc="lower right")
-    if title:
-        figure.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
     return path
