@@ -96,7 +96,7 @@ def farthest_point_sampling(
     candidates = candidates.clone()
     picks: list[int] = []
     if bool(kept.any()):
-        nearest = (unit @ unit[kept].T).max(dim=1).values
+        nearest = _nearest_similarity(unit, unit[kept])
     else:
         nearest = torch.full((unit.shape[0],), -2.0, device=unit.device)
         if count > 0 and bool(candidates.any()):
@@ -112,6 +112,15 @@ def farthest_point_sampling(
         candidates[j] = False
         nearest = torch.maximum(nearest, unit @ unit[j])
     return torch.tensor(picks, dtype=torch.long, device=unit.device)
+
+
+def _nearest_similarity(unit: torch.Tensor, others: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """[N] max cosine of each row of `unit` with `others`, in column blocks: memory N x block, not N x M
+    (M = kept tokens, a fixed share of N, so N x M would grow quadratically with the video)."""
+    nearest = torch.full((unit.shape[0],), -2.0, device=unit.device)
+    for start in range(0, others.shape[0], block):
+        nearest = torch.maximum(nearest, (unit @ others[start : start + block].T).max(dim=1).values)
+    return nearest
 
 
 def segment_registers(
