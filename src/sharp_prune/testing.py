@@ -278,6 +278,7 @@ def tiny_llava_onevision_checkpoint(
         video_token_index=video_id,
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
+        image_grid_pinpoints=[[size, size]],  # the processor's: images and video may share a prompt
         tie_word_embeddings=False,
     )
     model = LlavaOnevisionForConditionalGeneration(config).eval()
