@@ -54,6 +54,12 @@ class VisualLayout:
         counts = is_visual.sum(dim=1).tolist()
         if max(counts) == 0:
             return None
+        if 0 in counts:
+            empty = [i for i, c in enumerate(counts) if c == 0]
+            raise InputError(
+                f"sample(s) {empty} of the batch carry no video tokens while others carry {max(counts)}; a batch is "
+                "pruned together, so run the text-only samples in a batch of their own (or without pruning)."
+            )
         if len(set(counts)) != 1:
             raise InputError(
                 f"every sample of a batch must carry the same number of video tokens to be pruned together, got "
