@@ -17,3 +17,14 @@ def comma_list(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
             raise argparse.ArgumentTypeError(f"not a comma-separated list: {text!r} ({err})") from err
 
     return parse
+
+
+def positive_int(text: str) -> int:
+    """An argparse `type`: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

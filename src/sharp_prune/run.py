@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+from .cli_args import positive_int
 from .config import PruneConfig
 from .engine import apply
 from .errors import InputError, ModelLoadError, UnsupportedModelError
@@ -474,16 +475,6 @@ def print_result(result: RunResult, file: TextIO | None = None) -> None:
     print(format_result(result), file=file if file is not None else sys.stdout)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the `run` subcommand on `subparsers` (from `ArgumentParser.add_subparsers`); returns its parser.
 
@@ -506,15 +497,15 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--retention", type=float, default=0.2, help="fraction of video tokens kept (default 0.2)")
     parser.add_argument("--layer", type=int, default=2, help="decoder layer K where tokens are dropped (default 2)")
     parser.add_argument(
-        "--frames", type=_positive_int, default=32, help="frames sampled evenly over the video (default 32)"
+        "--frames", type=positive_int, default=32, help="frames sampled evenly over the video (default 32)"
     )
     parser.add_argument("--compare", action="store_true", help="also answer without pruning and compare prefill")
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=64, help="answer length limit (default 64)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="answer length limit (default 64)")
     parser.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: checkpoint's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--attn", default=None, choices=ATTN_IMPLEMENTATIONS, help="attention implementation")
     parser.add_argument(
-        "--prefill-repeats", type=_positive_int, default=3, help="timed prefill forwards after a warm-up (default 3)"
+        "--prefill-repeats", type=positive_int, default=3, help="timed prefill forwards after a warm-up (default 3)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     parser.add_argument(

@@ -15,21 +15,12 @@ from typing import Any
 
 import torch
 
+from ..cli_args import positive_int
 from ..config import PruneConfig
 from ..errors import InputError
 from .figure import require_matplotlib
 
 logger = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_viz_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -58,12 +49,12 @@ def add_viz_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--retention", type=float, default=0.2, help="fraction of video tokens kept (default 0.2)")
     parser.add_argument("--layer", type=int, default=2, help="decoder layer K where tokens are dropped (default 2)")
     parser.add_argument(
-        "--frames", type=_positive_int, default=32, help="frames sampled evenly over the video (default 32)"
+        "--frames", type=positive_int, default=32, help="frames sampled evenly over the video (default 32)"
     )
     parser.add_argument(
-        "--sample-frames", type=_positive_int, default=16, help="frames shown in overlay.png, evenly spaced (16)"
+        "--sample-frames", type=positive_int, default=16, help="frames shown in overlay.png, evenly spaced (16)"
     )
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=32, help="answer length limit (default 32)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32, help="answer length limit (default 32)")
     parser.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: checkpoint's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--attn", default=None, choices=ATTN_IMPLEMENTATIONS, help="attention implementation")
