@@ -128,7 +128,12 @@ def _rows(tensor: torch.Tensor | None) -> list[torch.Tensor] | None:
 
 
 def _layout_key(layout: VisualLayout, state: _Prefill) -> tuple:
-    """What PosC's cached prior depends on: the token layout (and segments), not the content."""
+    """What PosC's cached prior depends on: the token layout (and segments), not the content.
+
+    Every video position counts, not only the first (text may sit between frames), and so does the frame
+    grid (a 2 x 3 and a 3 x 2 grid have the same token counts but different blank frames and M-RoPE
+    positions); after the pre-LLM stage, so do the original positions of the survivors (their places).
+    """
     rows = []
     for row in range(layout.batch_size):
         valid = state.key_valid[row] if state.key_valid is not None else None
@@ -138,8 +143,10 @@ def _layout_key(layout: VisualLayout, state: _Prefill) -> tuple:
         segments = ()
         if state.segments is not None:
             segments = tuple(torch.unique_consecutive(state.segments[row], return_counts=True)[1].tolist())
-        rows.append((first_real, int(layout.positions[row, 0]) - first_real, frames, queries, segments))
-    return (state.seq_len, tuple(rows))
+        positions = tuple((layout.positions[row] - first_real).tolist())
+        survivors = tuple(state.pre_plan.kept_visual[row].tolist()) if state.pre_plan is not None else ()
+        rows.append((first_real, positions, survivors, frames, queries, segments))
+    return (state.seq_len, layout.grid, tuple(rows))
 
 
 class PruneHandle:
@@ -558,7 +565,13 @@ class PruneHandle:
         if blank_frame is None:
             blank_frame = self.adapter.blank_frame(self._model_ref(), layout, self.config.posc_blank_token_id)
             self._blank_frames[blank_key] = blank_frame = blank_frame.to(state.embeds.dtype)
-        blank = tile_blank_frame(blank_frame, layout.frame_ids)
+        if state.pre_plan is not None:
+            # Survivors of the pre-LLM stage keep their place in the frame: the blank token at that place.
+            original = state.original_layout
+            kept = torch.searchsorted(original.positions, state.pre_plan.kept_visual)
+            blank = tile_blank_frame(blank_frame, original.frame_ids, kept)
+        else:
+            blank = tile_blank_frame(blank_frame, layout.frame_ids)
         embeds = state.embeds.scatter(1, layout.positions[..., None].expand_as(blank), blank)
         kwargs = {k: v for k, v in layer_kwargs.items() if k not in ("past_key_values", "hidden_states")}
         kwargs["use_cache"] = False

@@ -30,10 +30,21 @@ def frame_local_index(frame_ids: torch.Tensor) -> torch.Tensor:
     return index - frame_start
 
 
-def tile_blank_frame(blank_frame: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
+def tile_blank_frame(
+    blank_frame: torch.Tensor, frame_ids: torch.Tensor, kept: torch.Tensor | None = None
+) -> torch.Tensor:
     """[P, D] features of one blank frame -> [b, N, D] blank visual embeddings, frame by frame.
 
     Token i of every frame gets the blank frame's token i (frames longer than P wrap around).
+
+    Args:
+        blank_frame: [P, D] features of one blank frame.
+        frame_ids: [b, N] non-decreasing frame ids of all the video tokens.
+        kept: [b, N'] indices (into the N tokens) of those to tile for, e.g. what the pre-LLM stage kept:
+            each keeps its place in its frame (a token's rank among the survivors is not its place).
+            Default: all N.
     """
-    local = frame_local_index(frame_ids) % blank_frame.shape[0]
-    return blank_frame[local]
+    local = frame_local_index(frame_ids)
+    if kept is not None:
+        local = local.gather(1, kept)
+    return blank_frame[local % blank_frame.shape[0]]
