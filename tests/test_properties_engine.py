@@ -12,19 +12,18 @@ SHARP_PRUNE_PROPERTY_SCALE.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
+from property_settings import property_settings
 from transformers import PreTrainedModel
 
 import sharp_prune as sp
 from sharp_prune.testing import PAD_ID, VIDEO_TOKEN_ID, TinyVideo, tiny_causal_lm, tiny_inputs, tiny_model
 
-SCALE = int(os.environ.get("SHARP_PRUNE_PROPERTY_SCALE", "1"))
 NUM_LAYERS = 4
 METHODS = sp.available_methods()
 FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
@@ -32,16 +31,6 @@ RETENTIONS = st.one_of(
     st.sampled_from([1.0, 1e-6, 0.001, 0.999, 0.5]),
     st.floats(min_value=0.0, max_value=1.0, exclude_min=True),
 )
-
-
-def _settings(examples: int) -> settings:
-    """Few examples (each is several forwards), no deadline, examples scaled by the env var."""
-    return settings(
-        max_examples=examples * SCALE,
-        deadline=None,
-        print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
 
 
 @functools.cache
@@ -207,7 +196,7 @@ def _forward(model: PreTrainedModel, inputs: dict[str, torch.Tensor], **extra: o
 
 @pytest.mark.parametrize("method", METHODS)
 @given(data=st.data())
-@_settings(25)
+@property_settings(25)
 def test_pruned_forward_keeps_what_the_record_says_and_remove_restores(method: str, data: st.DataObject) -> None:
     family = data.draw(st.sampled_from(FAMILIES), label="family")
     event(f"family={family}")
@@ -280,7 +269,7 @@ def generic_batches(draw: st.DrawFn) -> tuple[dict[str, torch.Tensor], torch.Ten
 
 @pytest.mark.parametrize("method", METHODS)
 @given(data=st.data())
-@_settings(10)
+@property_settings(10)
 def test_generic_adapter_forward_keeps_what_the_record_says_and_remove_restores(
     method: str, data: st.DataObject
 ) -> None:
@@ -373,7 +362,7 @@ def _check_blank_pass(
 
 @pytest.mark.parametrize("family", FAMILIES)
 @given(data=st.data())
-@_settings(15)
+@property_settings(15)
 def test_posc_blank_pass_puts_each_token_of_the_black_frame_in_its_place(family: str, data: st.DataObject) -> None:
     """PosC's content-free copy gives every scored video token the black frame's token at the same place in
     its frame (docs/method.md), also when the pre-LLM stage dropped earlier tokens of that frame."""
@@ -386,7 +375,7 @@ def test_posc_blank_pass_puts_each_token_of_the_black_frame_in_its_place(family:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @given(data=st.data())
-@_settings(10)
+@property_settings(10)
 def test_generate_prefill_makes_the_forward_plan_and_decodes_from_its_logits(family: str, data: st.DataObject) -> None:
     """`generate` prunes its prefill exactly as a forward does (Qwen-VL: frames found from the 3-D positions
     generate passes, not from the grid), and its first token is the forward's last-position argmax."""
@@ -498,7 +487,7 @@ def same_key_layouts(draw: st.DrawFn) -> tuple[str, list[tuple[dict, torch.Tenso
 
 
 @given(case=same_key_layouts())
-@_settings(20)
+@property_settings(20)
 def test_cached_prior_equals_the_per_input_prior_when_only_the_video_changes(case: tuple) -> None:
     """PosC's cached prior is exact when only the video changes and SegM is off (docs/method.md): a call
     whose layout differs from a cached one must not get that one's prior."""

@@ -13,15 +13,15 @@ keeps the examples that failed.
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
+from property_settings import property_settings
 
 import sharp_prune as sp
 from sharp_prune.keep_plan import build_keep_plan, decode_columns, slice_layer_inputs, slice_mask
@@ -32,19 +32,6 @@ from sharp_prune.regd import dedup_greedy, farthest_point_sampling, segment_regi
 from sharp_prune.segm import frame_descriptors, segment_attention, segment_frames
 from sharp_prune.selectors import SelectionInput, build_selector
 from sharp_prune.selectors.simple import uniform_indices
-
-SCALE = int(os.environ.get("SHARP_PRUNE_PROPERTY_SCALE", "1"))
-
-
-def _settings(examples: int) -> settings:
-    """Per-test settings: no deadline (torch's first calls are slow), examples scaled by the env var."""
-    return settings(
-        max_examples=examples * SCALE,
-        deadline=None,
-        print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-
 
 METHODS = sp.available_methods()
 # Retention corners first: hypothesis draws sampled_from's early elements when shrinking.
@@ -266,7 +253,7 @@ def _expected_budget(method: str, retention: float, n: int) -> int:
 @example(n=2, retention=0.25)  # round(0.5) = 0 -> clamped to 1
 @example(n=3, retention=0.999)
 @example(n=2, retention=0.75)  # round(1.5) = 2 (half to even)
-@_settings(500)
+@property_settings(500)
 def test_budget_is_between_one_and_n_and_follows_the_formula(n: int, retention: float) -> None:
     config = sp.PruneConfig(method="fastv", retention=retention)
     budget = config.budget(n)
@@ -378,7 +365,7 @@ def _check_choice(case: Case, selection: sp.selectors.Selection) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 @given(data=st.data())
-@_settings(250)
+@property_settings(250)
 def test_every_selector_keeps_exactly_b_sorted_unique_in_range_and_is_deterministic(
     method: str, data: st.DataObject
 ) -> None:
@@ -400,7 +387,7 @@ def test_every_selector_keeps_exactly_b_sorted_unique_in_range_and_is_determinis
 
 @pytest.mark.parametrize("method", METHODS)
 @given(data=st.data())
-@_settings(60)
+@property_settings(60)
 def test_a_batch_selects_as_its_samples_alone(method: str, data: st.DataObject) -> None:
     """Row i of a batch's plan is the plan of sample i run alone (every selector works per sample)."""
     case = data.draw(selection_cases(method), label="case")
@@ -427,7 +414,7 @@ def test_a_batch_selects_as_its_samples_alone(method: str, data: st.DataObject) 
 
 @pytest.mark.parametrize("method", ["none", "random", "uniform"])
 @given(data=st.data())
-@_settings(40)
+@property_settings(40)
 def test_content_blind_methods_ignore_scores_and_states(method: str, data: st.DataObject) -> None:
     """`none`, `random` and `uniform` depend on the layout (and seed) only; `random` on the seed."""
     case = data.draw(selection_cases(method), label="case")
@@ -461,7 +448,7 @@ def test_random_seed_changes_the_draw() -> None:
 
 # ----------------------------------------------------------------------------- uniform stride
 @given(ids_grid=st.integers(1, 200).flatmap(frame_rows), data=st.data())
-@_settings(300)
+@property_settings(300)
 def test_uniform_quotas_follow_frame_sizes(
     ids_grid: tuple[list[int], tuple[int, int] | None], data: st.DataObject
 ) -> None:
@@ -530,7 +517,7 @@ def sequences(draw: st.DrawFn) -> Sequence:
     ),
     data=None,
 ).via("a single visual token and nothing else")
-@_settings(200)
+@property_settings(200)
 def test_keep_plan_keeps_every_text_token_and_exactly_b_visual_ones(seq: Sequence, data: st.DataObject | None) -> None:
     layout, seq_len = seq.layout, seq.seq_len
     b, n = layout.positions.shape
@@ -594,7 +581,7 @@ def test_keep_plan_keeps_every_text_token_and_exactly_b_visual_ones(seq: Sequenc
     seed=st.integers(0, 2**31 - 1),
     repeats=st.booleans(),
 )
-@_settings(300)
+@property_settings(300)
 def test_segment_frames_cuts_below_tau_and_respects_the_cap(
     num_frames: int, dim: int, tau: float, cap: int, seed: int, repeats: bool
 ) -> None:
@@ -652,7 +639,7 @@ def segment_maps(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @given(maps=segment_maps(), within=st.sampled_from(["causal", "bidirectional"]), group=st.sampled_from([1, 2]))
-@_settings(100)
+@property_settings(100)
 def test_segm_attention_equals_a_dense_mask_on_any_layout(
     maps: tuple[torch.Tensor, torch.Tensor], within: str, group: int
 ) -> None:
@@ -682,7 +669,7 @@ def test_segm_attention_equals_a_dense_mask_on_any_layout(
 
 # ----------------------------------------------------------------------------- PosC
 @given(layout=layouts(), seed=st.integers(0, 2**31 - 1), blank_len=st.integers(1, 20), data=st.data())
-@_settings(150)
+@property_settings(150)
 def test_blank_frame_tiling_restarts_at_every_frame(
     layout: VisualLayout, seed: int, blank_len: int, data: st.DataObject
 ) -> None:
@@ -710,7 +697,7 @@ def test_blank_frame_tiling_restarts_at_every_frame(
     lam=st.floats(0.0, 10.0),
     seed=st.integers(0, 2**31 - 1),
 )
-@_settings(100)
+@property_settings(100)
 def test_calibration_is_the_documented_formula(kind: str, prior_kind: str, lam: float, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     scores = _random_matrix(kind, (2, 17), gen)
@@ -751,7 +738,7 @@ def _dedup_reference(scores: list[float], unit: torch.Tensor, count: int, delta:
     block=st.integers(1, 64),
     data=st.data(),
 )
-@_settings(150)
+@property_settings(150)
 def test_dedup_greedy_matches_the_one_by_one_walk(
     n: int, hidden_kind: str, score_kind: str, delta: float, block: int, data
 ) -> None:
@@ -772,7 +759,7 @@ def test_dedup_greedy_matches_the_one_by_one_walk(
     hidden_kind=st.sampled_from(HIDDEN_KINDS),
     data=st.data(),
 )
-@_settings(150)
+@property_settings(150)
 def test_farthest_point_sampling_picks_distinct_candidates_farthest_first(
     n: int, hidden_kind: str, data: st.DataObject
 ) -> None:
@@ -807,7 +794,7 @@ def test_farthest_point_sampling_picks_distinct_candidates_farthest_first(
     n=NUM_VISUAL,
     data=st.data(),
 )
-@_settings(150)
+@property_settings(150)
 def test_segment_registers_summarise_their_own_segment(n: int, data: st.DataObject) -> None:
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
     steps = (torch.rand(n, generator=gen) < data.draw(st.sampled_from([0.0, 0.1, 0.5]), label="cut rate")).long()
@@ -836,7 +823,7 @@ def test_segment_registers_summarise_their_own_segment(n: int, data: st.DataObje
 
 # ----------------------------------------------------------------------------- pre-LLM stage
 @given(layout=layouts(batch=1), data=st.data())
-@_settings(150)
+@property_settings(150)
 def test_temporal_merge_drops_exactly_the_tokens_like_the_previous_frame(
     layout: VisualLayout, data: st.DataObject
 ) -> None:

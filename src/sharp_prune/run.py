@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
-from .cli_args import positive_int
+from .cli_args import add_prune_arguments, positive_int
 from .config import PruneConfig
 from .engine import apply
 from .errors import InputError, ModelLoadError, UnsupportedModelError
@@ -480,7 +480,6 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     Its `func` default runs the command and returns the exit code (0).
     """
-    from .selectors import available_methods
 
     parser = subparsers.add_parser(
         "run",
@@ -491,14 +490,7 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="checkpoint folder or Hugging Face model id")
     parser.add_argument("--video", required=True, help="video file (any format FFmpeg reads)")
     parser.add_argument("--question", required=True, help="the question to ask about the video")
-    parser.add_argument(
-        "--method", default="sharp", choices=sorted(available_methods()), help="pruning method (default sharp)"
-    )
-    parser.add_argument("--retention", type=float, default=0.2, help="fraction of video tokens kept (default 0.2)")
-    parser.add_argument("--layer", type=int, default=2, help="decoder layer K where tokens are dropped (default 2)")
-    parser.add_argument(
-        "--frames", type=positive_int, default=32, help="frames sampled evenly over the video (default 32)"
-    )
+    add_prune_arguments(parser)
     parser.add_argument("--compare", action="store_true", help="also answer without pruning and compare prefill")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="answer length limit (default 64)")
     parser.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: checkpoint's)")

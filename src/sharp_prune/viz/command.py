@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..cli_args import positive_int
+from ..cli_args import add_prune_arguments, positive_int
 from ..config import PruneConfig
 from ..errors import InputError
 from .figure import require_matplotlib
@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 def add_viz_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the `viz` subcommand on `subparsers` (from `ArgumentParser.add_subparsers`); returns its parser."""
     from ..run import ATTN_IMPLEMENTATIONS, DTYPES
-    from ..selectors import available_methods
 
     parser = subparsers.add_parser(
         "viz",
@@ -43,14 +42,7 @@ def add_viz_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("outputs/viz"), help="folder for the PNGs (outputs/viz)")
     parser.add_argument("--model", help="checkpoint folder or Hugging Face model id (with --video)")
     parser.add_argument("--question", help="the question to ask about the video (with --video)")
-    parser.add_argument(
-        "--method", default="sharp", choices=sorted(available_methods()), help="pruning method (default sharp)"
-    )
-    parser.add_argument("--retention", type=float, default=0.2, help="fraction of video tokens kept (default 0.2)")
-    parser.add_argument("--layer", type=int, default=2, help="decoder layer K where tokens are dropped (default 2)")
-    parser.add_argument(
-        "--frames", type=positive_int, default=32, help="frames sampled evenly over the video (default 32)"
-    )
+    add_prune_arguments(parser)
     parser.add_argument(
         "--sample-frames", type=positive_int, default=16, help="frames shown in overlay.png, evenly spaced (16)"
     )
