@@ -551,20 +551,22 @@ def test_keep_plan_keeps_every_text_token_and_exactly_b_visual_ones(seq: Sequenc
     cos, sin = torch.randn(1, seq_len, 4, generator=gen), torch.randn(1, seq_len, 4, generator=gen)
     mask4 = torch.randn(b, 1, seq_len, seq_len, generator=gen)
     for position_ids in (text_positions, mrope_positions):
-        kwargs = {"position_embeddings": (cos, sin), "position_ids": position_ids, "attention_mask": mask4}
-        sliced_hidden, sliced = slice_layer_inputs(hidden, kwargs, plan)
+        sliced = slice_layer_inputs(
+            hidden, plan, position_embeddings=(cos, sin), position_ids=position_ids, attention_mask=mask4
+        )
+        sliced_hidden = sliced.hidden_states
         for row in range(b):
             index = plan.index[row]
             expected = hidden[row, index].clone()
             slots = [index.tolist().index(p) for p in plan.kept_visual[row].tolist()]
             expected[slots] = plan.visual_hidden[row]
             assert torch.equal(sliced_hidden[row], expected)
-            assert torch.equal(sliced["position_embeddings"][0][row], cos[0, index])
-            assert torch.equal(sliced["position_embeddings"][1][row], sin[0, index])
-            got_ids = sliced["position_ids"][:, row] if position_ids.ndim == 3 else sliced["position_ids"][row]
+            assert torch.equal(sliced.position_embeddings[0][row], cos[0, index])
+            assert torch.equal(sliced.position_embeddings[1][row], sin[0, index])
+            got_ids = sliced.position_ids[:, row] if position_ids.ndim == 3 else sliced.position_ids[row]
             want_ids = position_ids[:, row, index] if position_ids.ndim == 3 else position_ids[row, index]
             assert torch.equal(got_ids, want_ids)
-            assert torch.equal(sliced["attention_mask"][row, 0], mask4[row, 0][index][:, index])
+            assert torch.equal(sliced.attention_mask[row, 0], mask4[row, 0][index][:, index])
     # a 2-D padding mask keeps the kept columns; decoding columns append the new positions
     mask2 = seq.valid.long()
     assert torch.equal(slice_mask(mask2, None, plan.index), mask2.gather(1, plan.index))

@@ -7,6 +7,7 @@ import torch
 
 import sharp_prune as sp
 from sharp_prune.adapters.qwen_vl import locate_qwen_vl
+from sharp_prune.hf_protocol import read_model_call
 from sharp_prune.keep_plan import build_keep_plan, decode_columns, gather_along, slice_mask
 from sharp_prune.layout import VisualLayout
 from sharp_prune.scoring import attention_received
@@ -137,7 +138,7 @@ def test_frame_map_layout_validation():
 def test_qwen_frames_from_positions_equal_frames_from_grids(family):
     model = tiny_model(family)
     inputs = tiny_inputs(model, [3, 5], [4, 2])
-    from_grids = locate_qwen_vl(model, inputs, None)
+    from_grids = locate_qwen_vl(model, read_model_call([], (), inputs), None)
     positions, _ = model.model.get_rope_index(
         inputs["input_ids"],
         inputs["mm_token_type_ids"],
@@ -145,7 +146,7 @@ def test_qwen_frames_from_positions_equal_frames_from_grids(family):
         attention_mask=inputs["attention_mask"],
     )
     without_grid = {k: v for k, v in inputs.items() if k != "video_grid_thw"} | {"position_ids": positions}
-    from_positions = locate_qwen_vl(model, without_grid, None)
+    from_positions = locate_qwen_vl(model, read_model_call([], (), without_grid), None)
     assert torch.equal(from_grids.frame_ids, from_positions.frame_ids)
     assert from_grids.grid == from_positions.grid == (4, 4)
     assert from_grids.num_frames == 4

@@ -1,8 +1,8 @@
 """The registered attention functions: the stock implementation, plus a look at layer K-1's q and k.
 
-`apply` switches the text decoder's `config._attn_implementation` to ``sharp_prune_<base>``, registered
-with both `AttentionInterface` and `AttentionMaskInterface` (without the mask entry, transformers would
-build no causal mask for it). The wrapper hands query/key/value to the owning handle, which scores
+`apply` switches the text decoder's attention implementation to ``sharp_prune_<base>``, registered as an
+attention function and as a mask function (without the mask entry, transformers would build no causal mask
+for it; see `hf_protocol.register_attention`). The wrapper hands query/key/value to the owning handle, which scores
 visual tokens at layer K-1 (post-RoPE, without an N x N matrix) and, under SegM, returns the
 segment-aware attention of layers < K; otherwise the base implementation runs unchanged. Modules
 that belong to no handle just run the base implementation.
@@ -10,20 +10,18 @@ that belong to no handle just run the base implementation.
 
 from __future__ import annotations
 
-import sys
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
 
+from . import hf_protocol as hf
 from .errors import ConfigError
 
 PREFIX = "sharp_prune_"
-SUPPORTED_BASES = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flash_attention_4")
+SUPPORTED_BASES = hf.SUPPORTED_ATTENTION
 
 
 class AttentionObserver(Protocol):
@@ -39,21 +37,9 @@ class AttentionObserver(Protocol):
 _OBSERVERS: weakref.WeakKeyDictionary[nn.Module, AttentionObserver] = weakref.WeakKeyDictionary()
 
 
-def eager_attention_of(attention_module: nn.Module) -> Callable[..., Any]:
-    """The model file's own `eager_attention_forward` (transformers registers no global eager)."""
-    fn = getattr(sys.modules.get(type(attention_module).__module__), "eager_attention_forward", None)
-    if fn is None:
-        raise ConfigError(
-            f"{type(attention_module).__name__} has no eager_attention_forward in its module; "
-            "load the model with attn_implementation='sdpa'."
-        )
-    return fn
-
-
 def base_attention_for(base: str, attention_module: nn.Module) -> Callable[..., Any]:
-    if base == "eager":
-        return eager_attention_of(attention_module)
-    return AttentionInterface._global_mapping[base]
+    """The function implementation `base` runs for `attention_module`."""
+    return hf.attention_function(base, attention_module)
 
 
 def _make_wrapper(base: str) -> Callable[..., Any]:
@@ -85,9 +71,8 @@ def registered_name(base: str) -> str:
             f"attn_implementation in {SUPPORTED_BASES} (sdpa is the default)."
         )
     name = f"{PREFIX}{base}"
-    if name not in AttentionInterface._global_mapping:
-        AttentionInterface.register(name, _make_wrapper(base))
-        AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[base])
+    if not hf.is_registered(name):
+        hf.register_attention(name, _make_wrapper(base), mask_like=base)
     return name
 
 

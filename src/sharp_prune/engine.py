@@ -9,11 +9,14 @@ Per forward call of the model:
    embeddings, position ids and mask together. Layers > K get the same sliced kwargs.
 4. model post-hook: publish `handle.last`. Layers >= K now cache only kept tokens; on later decoding
    steps their masks are cut to the same columns.
+
+Every argument is read through `hf_protocol` (transformers' calling protocol, in one module). Where what the
+hooks see contradicts itself (a "prefill" whose layer K already holds a cache, a prefill that never reached
+layer K, a returned cache that layer K never wrote), the forward raises `ProtocolError` instead of returning.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import weakref
@@ -24,13 +27,22 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicCache
 
 from . import attention as attn
+from . import hf_protocol as hf
 from .adapters import ModelAdapter, resolve_adapter
 from .config import PruneConfig
 from .errors import AlreadyAppliedError, ConfigError, ConfigTypeError, InputError
-from .keep_plan import KeepPlan, build_keep_plan, decode_columns, gather_along, slice_layer_inputs, slice_mask
+from .keep_plan import (
+    KeepPlan,
+    build_keep_plan,
+    decode_columns,
+    gather_along,
+    slice_layer_inputs,
+    slice_mask,
+    slice_position_embeddings,
+    slice_position_ids,
+)
 from .layout import VisualLayout
 from .posc import tile_blank_frame
 from .pre_stage import temporal_merge_keep
@@ -63,6 +75,7 @@ class _Prefill:
     frame_similarity: list[torch.Tensor] | None = None  # per sample [F-1]: SegM's cosine of frames f, f+1
     segment_map: torch.Tensor | None = None  # [b, L] segment id, -1 for non-visual (SegM mask)
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin of layer K-1 (to remove RoPE)
+    observed: set[int] = field(default_factory=set)  # layers < K whose attention went through our function
     phase: str = "real"  # "prior" while PosC's content-free pass runs
     pre_plan: KeepPlan | None = None  # what the pre-LLM stage kept (original coordinates)
     original_layout: VisualLayout | None = None  # the layout before the pre-LLM stage
@@ -77,6 +90,7 @@ class _Decode:
     plan: KeepPlan
     pre_plan: KeepPlan | None = None
     sliced: dict[int, Any] = field(default_factory=dict)
+    checked: set[int] = field(default_factory=set)  # layers whose cut mask was checked against their cache
 
 
 def _query_rows(
@@ -166,20 +180,21 @@ class PruneHandle:
         self._selector: Selector = build_selector(config)
         self._decoder = adapter.decoder(model)
         self._layers = adapter.layers(model)
-        self._attention_modules = [layer.self_attn for layer in self._layers]
+        self._attention_modules = hf.attention_modules(self._layers)
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._declared: torch.Tensor | None = None
         self._prefill: _Prefill | None = None
         self._decode: _Decode | None = None
-        self._plan_cache: weakref.ref[Cache] | None = None
+        self._expect_prefill = False  # the model pre-hook judged this forward a prefill
+        self._plan_cache: weakref.ref[hf.Cache] | None = None
         self._last_plan: KeepPlan | None = None
         self._last_pre_plan: KeepPlan | None = None
         self._prior_cache: dict[tuple, torch.Tensor] = {}
         self._blank_frames: dict[tuple, torch.Tensor] = {}
-        self._base_impl = self._decoder.config._attn_implementation
+        self._base_impl = hf.attention_implementation(self._decoder.config)
         self.base_attention = attn.base_attention_for(self._base_impl, self._attention_modules[0])
         self._drop_position_ids = "flash" in self._base_impl
-        self._forward_params = list(inspect.signature(model.forward).parameters)
+        self._forward_params = hf.forward_parameters(model)
         self._lock = threading.Lock()
         self._running: int | None = None  # thread id of the forward in progress
         self._active = False
@@ -188,7 +203,7 @@ class PruneHandle:
     def _attach(self) -> None:
         model = self._model_ref()
         k = self.config.layer
-        self._decoder.config._attn_implementation_internal = attn.registered_name(self._base_impl)
+        hf.set_attention_implementation(self._decoder.config, attn.registered_name(self._base_impl))
         attn.attach(self._attention_modules, self)
         self._hooks.append(model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
         # always_call: the forward's state is dropped (and the model freed for other threads) even when it raises
@@ -211,11 +226,12 @@ class PruneHandle:
             hook.remove()
         self._hooks.clear()
         attn.detach(self._attention_modules)
-        self._decoder.config._attn_implementation_internal = self._base_impl
+        hf.set_attention_implementation(self._decoder.config, self._base_impl)
         model = self._model_ref()
         if model is not None and _APPLIED.get(model) is self:
             del _APPLIED[model]
         self._prefill = self._decode = None
+        self._expect_prefill = False
         self._plan_cache = None
         self._active = False
 
@@ -265,11 +281,6 @@ class PruneHandle:
             self._declared = None
 
     # ----------------------------------------------------------------- hooks
-    def _inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        inputs = dict(zip(self._forward_params, args, strict=False))
-        inputs.update(kwargs)
-        return inputs
-
     def _on_model_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         me = threading.get_ident()
         with self._lock:
@@ -280,32 +291,24 @@ class PruneHandle:
                 )
             self._running = me
         self._prefill = self._decode = None
-        inputs = self._inputs(args, kwargs)
-        cache = inputs.get("past_key_values")
-        if cache is not None and not isinstance(cache, Cache):
-            raise InputError(f"past_key_values of type {type(cache).__name__} is not a transformers Cache.")
-        if cache is not None and cache.get_seq_length() > 0:
+        self._expect_prefill = False
+        call = hf.read_model_call(self._forward_params, args, kwargs)
+        if not call.is_prefill:
             # Decoding (or a continuation): layers >= K hold the pruned cache of our last prefill.
-            if self._plan_cache is not None and self._plan_cache() is cache and self._last_plan is not None:
+            if self._plan_cache is not None and self._plan_cache() is call.cache and self._last_plan is not None:
                 self._decode = _Decode(plan=self._last_plan, pre_plan=self._last_pre_plan)
             return
-        if cache is not None and type(cache) is not DynamicCache:
-            raise InputError(
-                f"sharp-prune needs a DynamicCache (layers >= K cache fewer tokens), got {type(cache).__name__}; "
-                "do not pass cache_implementation='static' or a pre-built static cache while pruning."
-            )
+        hf.check_dynamic_cache(call.cache)
+        self._expect_prefill = True
         self._plan_cache = None
         self._last_plan = self._last_pre_plan = None
-        layout = self.adapter.locate(module, inputs, self._declared)
-        reference = inputs.get("input_ids")
-        if reference is None:
-            reference = inputs.get("inputs_embeds")
-        seq_len = reference.shape[1]
-        batch = reference.shape[0]
+        self.last = None  # a prefill that fails leaves no record of an earlier one behind
+        layout = self.adapter.locate(module, call, self._declared)
+        seq_len, batch = call.seq_len, call.batch_size
         if layout is None:
             self.last = self._empty_record(batch, seq_len)
             return
-        mask = inputs.get("attention_mask")
+        mask = call.attention_mask
         key_valid = mask.bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
         if key_valid is not None and bool((~key_valid.gather(1, layout.positions)).any()):
             raise InputError("some visual tokens are masked out as padding in attention_mask; check the inputs.")
@@ -320,29 +323,29 @@ class PruneHandle:
         state = self._prefill
         if state is None:
             if self._decode is not None and self._decode.pre_plan is not None:
-                return self._pre_stage_decode(args, kwargs)
+                return self._pre_stage_decode(hf.read_decoder_call(args, kwargs))
             return None
-        embeds = kwargs.get("inputs_embeds")
-        new_kwargs = None
+        call = hf.read_decoder_call(args, kwargs)
+        embeds = call.inputs_embeds
+        replaced = None
         if embeds is None:
-            input_ids = kwargs.get("input_ids", args[0] if args else None)
-            embeds = module.embed_tokens(input_ids)
             # hand the decoder the embeddings we computed, so that the lookup runs once
-            new_kwargs = {**kwargs, "input_ids": None, "inputs_embeds": embeds}
-            args = args[1:] if args else args
+            embeds = hf.embed_tokens(module, call.input_ids)
+            replaced = call.replaced(inputs_embeds=embeds)
         if self.config.pre == "temporal_merge":
-            embeds, new_kwargs = self._pre_stage(state, embeds, new_kwargs or dict(kwargs))
+            call.check_resizable()
+            embeds, replaced = self._pre_stage(state, embeds, call)
         state.embeds = embeds
         if self._selector.needs_segments:
             state.segments = self._segment(state.layout, embeds)
             if self._selector.segment_mask:
                 state.segment_map = torch.full(embeds.shape[:2], -1, dtype=torch.long, device=embeds.device)
                 state.segment_map.scatter_(1, state.layout.positions, state.segments)
-        return (args, new_kwargs) if new_kwargs is not None else None
+        return replaced
 
     def _pre_stage(
-        self, state: _Prefill, embeds: torch.Tensor, kwargs: dict[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        self, state: _Prefill, embeds: torch.Tensor, call: hf.DecoderCall
+    ) -> tuple[torch.Tensor, tuple[tuple[Any, ...], dict[str, Any]]]:
         """Drop temporal duplicates before layer 0; later stages work on the shorter sequence."""
         layout = state.layout
         visual = gather_along(embeds, layout.positions, dim=1)
@@ -359,25 +362,22 @@ class PruneHandle:
                 "keep the same number to be batched. Run them one at a time, or drop the pre-LLM stage."
             )
         if counts[0] == layout.num_visual:
-            return embeds, kwargs
+            return embeds, call.replaced(inputs_embeds=embeds)
         local = keep.nonzero()[:, 1].view(layout.batch_size, -1)
         pre_plan = build_keep_plan(layout, local, state.seq_len)
         index = pre_plan.index
-        attention_mask = kwargs.get("attention_mask")
+        attention_mask = call.attention_mask
         if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim != 2:
             raise InputError("pre='temporal_merge' needs a 2-D attention_mask (or none), not a prepared 4-D mask.")
-        position_ids = kwargs.get("position_ids")
+        position_ids = call.position_ids
         if position_ids is None:
             position_ids = torch.arange(state.seq_len, device=embeds.device)[None]
-        batch_dim = 1 if position_ids.ndim == 3 else 0
-        new_kwargs = {
-            **kwargs,
-            "input_ids": None,
-            "inputs_embeds": gather_along(embeds, index, dim=1),
-            "position_ids": gather_along(position_ids, index, dim=position_ids.ndim - 1, batch_dim=batch_dim),
-        }
-        if attention_mask is not None:
-            new_kwargs["attention_mask"] = gather_along(attention_mask, index, dim=1)
+        short_embeds = gather_along(embeds, index, dim=1)
+        replaced = call.replaced(
+            inputs_embeds=short_embeds,
+            position_ids=slice_position_ids(position_ids, index),
+            attention_mask=gather_along(attention_mask, index, dim=1) if attention_mask is not None else None,
+        )
         # Re-express the prefill in the shorter sequence's coordinates.
         state.original_layout = layout
         state.pre_plan = pre_plan
@@ -396,26 +396,22 @@ class PruneHandle:
             state.query_index, state.query_valid = _query_rows(
                 state.layout, state.key_valid, state.seq_len, self._selector.query
             )
-        return new_kwargs["inputs_embeds"], new_kwargs
+        return short_embeds, replaced
 
-    def _pre_stage_decode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _pre_stage_decode(self, call: hf.DecoderCall) -> Any:
         """Decoding after a pre-LLM stage: every layer's cache lacks the merged tokens."""
         pre_plan = self._decode.pre_plan
-        new_kwargs = dict(kwargs)
-        attention_mask = kwargs.get("attention_mask")
+        attention_mask = call.attention_mask
+        new_mask = attention_mask
         if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
-            new_kwargs["attention_mask"] = gather_along(
-                attention_mask, decode_columns(pre_plan, attention_mask.shape[1]), dim=1
-            )
-        if kwargs.get("position_ids") is None:
-            cache = kwargs.get("past_key_values")
-            reference = kwargs.get("inputs_embeds")
-            if reference is None:
-                reference = kwargs.get("input_ids", args[0] if args else None)
+            new_mask = gather_along(attention_mask, decode_columns(pre_plan, attention_mask.shape[1]), dim=1)
+        position_ids = call.position_ids
+        if position_ids is None:
+            reference = call.inputs_embeds if call.inputs_embeds is not None else call.input_ids
             dropped = pre_plan.seq_len - pre_plan.kept_len
-            start = (cache.get_seq_length() if cache is not None else pre_plan.kept_len) + dropped
-            new_kwargs["position_ids"] = torch.arange(start, start + reference.shape[1], device=reference.device)[None]
-        return args, new_kwargs
+            start = (call.cache.get_seq_length() if call.cache is not None else pre_plan.kept_len) + dropped
+            position_ids = torch.arange(start, start + reference.shape[1], device=reference.device)[None]
+        return call.replaced(attention_mask=new_mask, position_ids=position_ids)
 
     def _segment(self, layout: VisualLayout, embeds: torch.Tensor) -> torch.Tensor:
         visual = gather_along(embeds, layout.positions, dim=1)
@@ -432,20 +428,21 @@ class PruneHandle:
 
     def _keep_rope(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._prefill is not None:
-            self._prefill.rope = kwargs.get("position_embeddings")
+            self._prefill.rope = hf.read_layer_call(args, kwargs).position_embeddings
 
     def observe_attention(
         self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> torch.Tensor | None:
         """Called by the registered attention function of every text layer (see `attention.py`)."""
         state = self._prefill
-        layer_idx = getattr(module, "layer_idx", None)
+        layer_idx = hf.layer_index(module)
         if state is None or layer_idx is None or layer_idx >= self.config.layer or key.shape[2] != state.seq_len:
             return None
+        state.observed.add(layer_idx)
         if layer_idx == self.config.layer - 1 and state.query_index is not None:
             q, k = (query, key) if self._selector.rope else _remove_rope(query, key, state.rope)
             scores = attention_received(
-                q, k, state.query_index, state.query_valid, state.key_valid, float(module.scaling)
+                q, k, state.query_index, state.query_valid, state.key_valid, hf.attention_scaling(module)
             )
             scores = scores.gather(1, state.layout.positions.to(scores.device))
             if state.phase == "prior":
@@ -454,59 +451,127 @@ class PruneHandle:
                 state.scores = scores
         if state.segment_map is not None:
             return segment_attention(
-                query, key, value, state.segment_map, state.key_valid, float(module.scaling), self.config.segm_within
+                query,
+                key,
+                value,
+                state.segment_map,
+                state.key_valid,
+                hf.attention_scaling(module),
+                self.config.segm_within,
             )
         return None
 
     def _layer_hook(self, idx: int):  # noqa: ANN202 - returns a torch hook
         def hook(layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if self._prefill is None and self._decode is None and not self._expect_prefill:
+                return None
+            call = hf.read_layer_call(args, kwargs)
+            if self._expect_prefill and idx == self.config.layer:
+                self._check_prefill_at_k(call)
             if self._prefill is not None:
-                return self._prune_or_reuse(idx, args, kwargs)
+                return self._prune_or_reuse(idx, call)
             if self._decode is not None:
-                return self._cut_decode_mask(args, kwargs)
+                return self._cut_decode_mask(idx, call)
             return None
 
         return hook
 
-    def _prune_or_reuse(self, idx: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _check_prefill_at_k(self, call: hf.LayerCall) -> None:
+        """What layer K receives must agree with the model pre-hook's verdict "this forward is a prefill"."""
+        held = hf.cache_length(call.cache, self.config.layer)
+        if held > 0:
+            self._fail(
+                f"the model was called without a filled cache (judged a prefill), yet decoder layer "
+                f"{self.config.layer} received a cache already holding {held} tokens (a decoding step that looked "
+                "like a prefill)"
+            )
         state = self._prefill
-        hidden = args[0] if args else kwargs["hidden_states"]
+        if state is not None and call.hidden_states.shape[1] != state.seq_len:
+            self._fail(
+                f"decoder layer {self.config.layer} received {call.hidden_states.shape[1]} positions, the prefill "
+                f"has {state.seq_len}"
+            )
+        if state is not None:
+            needed = set()
+            if self._selector.segment_mask and state.segment_map is not None:
+                needed = set(range(self.config.layer))
+            elif self._selector.query != "none":
+                needed = {self.config.layer - 1}
+            missing = sorted(needed - state.observed)
+            if missing:
+                self._fail(
+                    f"the attention of decoder layer(s) {missing} did not run through sharp-prune's registered "
+                    "attention function, so their scores (or SegM's mask) are missing; was the attention "
+                    "implementation changed after apply()?"
+                )
+
+    def _sliced(self, state: _Prefill, value: Any, slicer: Any) -> Any:
+        """`value` sliced to the keep plan, once per object (layers > K usually receive the same ones)."""
+        if value is None:
+            return None
+        sliced = state.sliced.get(id(value))
+        if sliced is None:
+            sliced = slicer(value)
+            state.sliced[id(value)] = sliced
+        return sliced
+
+    def _prune_or_reuse(self, idx: int, call: hf.LayerCall) -> Any:
+        state = self._prefill
         if idx == self.config.layer:
-            state.plan = self._select(state, hidden, kwargs)
-            cache = kwargs.get("past_key_values")
-            self._plan_cache = weakref.ref(cache) if cache is not None else None
+            call.check_prunable()
+            state.plan = self._select(state, call)
+            self._plan_cache = weakref.ref(call.cache) if call.cache is not None else None
             self._last_plan = state.plan
             self._last_pre_plan = state.pre_plan
             if state.plan.is_identity:
                 return None
-            rest = {k: kwargs[k] for k in ("position_embeddings", "position_ids", "attention_mask") if k in kwargs}
-            new_hidden, sliced = slice_layer_inputs(hidden, rest, state.plan, self._drop_position_ids)
-            for name, value in rest.items():
-                if value is not None:
-                    state.sliced[id(value)] = sliced[name]
-        elif state.plan is None or state.plan.is_identity:
+            sliced = slice_layer_inputs(
+                call.hidden_states,
+                state.plan,
+                position_embeddings=call.position_embeddings,
+                position_ids=call.position_ids,
+                attention_mask=call.attention_mask,
+                drop_position_ids=self._drop_position_ids,
+            )
+            for original, value in (
+                (call.position_embeddings, sliced.position_embeddings),
+                (call.position_ids, sliced.position_ids),
+                (call.attention_mask, sliced.attention_mask),
+            ):
+                if original is not None:
+                    state.sliced[id(original)] = value
+            return call.replaced(
+                hidden_states=sliced.hidden_states,
+                position_embeddings=sliced.position_embeddings,
+                position_ids=sliced.position_ids,
+                attention_mask=sliced.attention_mask,
+            )
+        if state.plan is None or state.plan.is_identity:
             return None
-        else:
-            new_hidden = hidden
-        new_kwargs = {k: state.sliced.get(id(v), v) if v is not None else v for k, v in kwargs.items()}
-        if self._drop_position_ids and "position_ids" in new_kwargs:
-            new_kwargs["position_ids"] = None
-        if args:
-            return (new_hidden, *args[1:]), new_kwargs
-        new_kwargs["hidden_states"] = new_hidden
-        return args, new_kwargs
+        call.check_prunable()
+        index = state.plan.index
+        position_ids = None
+        if not self._drop_position_ids:
+            position_ids = self._sliced(state, call.position_ids, lambda t: slice_position_ids(t, index))
+        return call.replaced(
+            position_embeddings=self._sliced(
+                state, call.position_embeddings, lambda t: slice_position_embeddings(t, index)
+            ),
+            position_ids=position_ids,
+            attention_mask=self._sliced(state, call.attention_mask, lambda m: slice_mask(m, index, index)),
+        )
 
-    def _select(self, state: _Prefill, hidden: torch.Tensor, layer_kwargs: dict[str, Any]) -> KeepPlan:
+    def _select(self, state: _Prefill, call: hf.LayerCall) -> KeepPlan:
         layout = state.layout
         visual_hidden = None
         if self._selector.needs_hidden:
-            visual_hidden = gather_along(hidden, layout.positions, dim=1)
+            visual_hidden = gather_along(call.hidden_states, layout.positions, dim=1)
         if self._selector.query != "none" and state.scores is None:
-            raise RuntimeError(
-                f"sharp-prune: layer {self.config.layer - 1} produced no attention scores; was the attention "
+            raise hf.protocol_error(
+                f"decoder layer {self.config.layer - 1} produced no attention scores; was the attention "
                 "implementation changed after apply()?"
             )
-        prior = self._prior(state, layer_kwargs) if self._selector.needs_prior else None
+        prior = self._prior(state, call) if self._selector.needs_prior else None
         with torch.no_grad():  # selection is not differentiable; merged states and registers are detached
             selection = self._selector.select(
                 SelectionInput(
@@ -551,7 +616,7 @@ class PruneHandle:
         )
         return plan
 
-    def _prior(self, state: _Prefill, layer_kwargs: dict[str, Any]) -> torch.Tensor:
+    def _prior(self, state: _Prefill, call: hf.LayerCall) -> torch.Tensor:
         """PosC's content-free prior: the same scores on blank visual embeddings, layers 0..K-1 only."""
         layout = state.layout
         key = None
@@ -573,8 +638,7 @@ class PruneHandle:
         else:
             blank = tile_blank_frame(blank_frame, layout.frame_ids)
         embeds = state.embeds.scatter(1, layout.positions[..., None].expand_as(blank), blank)
-        kwargs = {k: v for k, v in layer_kwargs.items() if k not in ("past_key_values", "hidden_states")}
-        kwargs["use_cache"] = False
+        kwargs = call.rerun_kwargs()  # same positions and mask, no cache
         state.phase = "prior"
         try:
             hidden = embeds
@@ -583,12 +647,14 @@ class PruneHandle:
                     hidden = layer(hidden, **kwargs)
         finally:
             state.phase = "real"
+        if state.prior is None:
+            raise hf.protocol_error("PosC's blank pass produced no attention scores at layer K-1")
         if key is not None:
             self._prior_cache[key] = state.prior
         return state.prior
 
-    def _cut_decode_mask(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        mask = kwargs.get("attention_mask")
+    def _cut_decode_mask(self, idx: int, call: hf.LayerCall) -> Any:
+        mask = call.attention_mask
         if not isinstance(mask, torch.Tensor):
             return None
         state = self._decode
@@ -596,14 +662,43 @@ class PruneHandle:
         if cut is None:
             cut = slice_mask(mask, None, decode_columns(state.plan, mask.shape[-1]))
             state.sliced[id(mask)] = cut
-        return args, {**kwargs, "attention_mask": cut}
+        expected = hf.cache_length(call.cache, idx) + call.hidden_states.shape[1]
+        if cut.shape[-1] != expected:
+            raise hf.protocol_error(
+                f"decoding: decoder layer {idx} caches {expected - call.hidden_states.shape[1]} tokens, but its "
+                f"attention mask, cut to the pruned columns, covers {cut.shape[-1]}"
+            )
+        return call.replaced(attention_mask=cut)
 
     def _on_model_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        with self._lock:
+            if self._running != threading.get_ident():
+                # A forward refused by the pre-hook (another thread's is running): the running one's state stays.
+                return
+            self._running = None
+        state = self._prefill
         self._prefill = None
         self._decode = None
-        with self._lock:
-            if self._running == threading.get_ident():
-                self._running = None
+        self._expect_prefill = False
+        if output is None or state is None:
+            return  # the forward raised (its error stands), or there was nothing to prune
+        if state.plan is None:
+            self._fail(f"the prefill ended without reaching decoder layer {self.config.layer}, where pruning happens")
+        if not state.plan.is_identity:
+            returned = hf.output_cache(output)
+            written = self._plan_cache() if self._plan_cache is not None else None
+            if returned is not None and returned is not written:
+                self._fail(
+                    f"the model returned a cache that decoder layer {self.config.layer} did not receive, so decoding "
+                    "could not continue from the pruned prefill"
+                )
+
+    def _fail(self, what: str) -> None:
+        """Raise `ProtocolError` from the forward, leaving no record or plan of the failed prefill behind."""
+        self.last = None
+        self._plan_cache = None
+        self._last_plan = self._last_pre_plan = None
+        raise hf.protocol_error(what)
 
     def _empty_record(self, batch: int, seq_len: int) -> PruneRecord:
         return PruneRecord(
@@ -655,10 +750,11 @@ def apply(model: nn.Module, config: PruneConfig | None = None, **overrides: Any)
             f"PruneConfig.layer={config.layer} is outside [1, {num_layers - 1}] for this model "
             f"({num_layers} decoder layers); pick K so that at least one layer runs before and after pruning."
         )
-    impl = decoder.config._attn_implementation
+    impl = hf.attention_implementation(decoder.config)
     if isinstance(impl, str) and impl.startswith(attn.PREFIX):
         raise AlreadyAppliedError("this model's attention is already wrapped by sharp-prune; remove that handle first.")
     attn.registered_name(impl)  # validates the base implementation
+    hf.warn_if_untested()
     handle = PruneHandle(model, config, adapter)
     handle._attach()
     logger.info("sharp-prune: %s on %s (%s)", config, type(model).__name__, adapter.name)

@@ -38,3 +38,11 @@ class ModelLoadError(SharpPruneError, ValueError):
 
 class AlreadyAppliedError(SharpPruneError, RuntimeError):
     """`apply` was called on a model that already carries an active sharp-prune handle."""
+
+
+class ProtocolError(SharpPruneError, RuntimeError):
+    """transformers called the model in a way sharp-prune does not recognise (a release it was not tested with).
+
+    Raised from the forward, before anything is returned, so that unpruned output never passes for pruned; the
+    message names the installed transformers release and the tested range.
+    """

@@ -586,7 +586,8 @@ def vision_flops(model_config: Any, video_grid_thw: tuple[int, int, int] | None 
         patches = (vision.image_size // vision.patch_size) ** 2
         per_frame = 2 * patches * vision.num_channels * vision.patch_size**2 * e  # patch embedding
         per_frame += vision.num_hidden_layers * (patches * (2 * 4 * e * e + 2 * 2 * e * i) + 4 * e * patches**2)
-        if getattr(vision, "vision_use_head", False):
+        # SigLIP runs its head unless the config turns it off (configs before 5.23 lack the field)
+        if getattr(vision, "vision_use_head", True):
             # SigLIP's attention-pooling head runs (its output is unused): k/v of every patch, one query
             per_frame += 2 * patches * 2 * e * e + 2 * 2 * e * e + 4 * patches * e + 2 * 2 * e * i
         per_frame += 2 * patches * (e * text_hidden + text_hidden * text_hidden)  # projector, before pooling

@@ -100,20 +100,44 @@ def decode_columns(plan: KeepPlan, total_len: int) -> torch.Tensor:
     return torch.cat([plan.index, new], dim=1)
 
 
+@dataclass(frozen=True)
+class LayerInputs:
+    """What a decoder layer reads along the sequence, after slicing to a keep plan."""
+
+    hidden_states: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, ...] | None
+    position_ids: torch.Tensor | None
+    attention_mask: Any
+
+
+def slice_position_embeddings(position_embeddings: tuple[torch.Tensor, ...], index: torch.Tensor) -> tuple:
+    """cos/sin: [b or 1, L, d] (1-D RoPE and Qwen-VL's recomposed M-RoPE alike): sequence at dim -2."""
+    return tuple(gather_along(t, index, dim=t.ndim - 2, batch_dim=t.ndim - 3) for t in position_embeddings)
+
+
+def slice_position_ids(position_ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[b or 1, L] text positions, or [3, b, L] M-RoPE positions."""
+    batch_dim = 1 if position_ids.ndim == 3 else 0
+    return gather_along(position_ids, index, dim=position_ids.ndim - 1, batch_dim=batch_dim)
+
+
 def slice_layer_inputs(
-    hidden_states: torch.Tensor, kwargs: dict[str, Any], plan: KeepPlan, drop_position_ids: bool = False
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Slice a decoder layer's hidden states and its position/mask kwargs to the keep plan, together.
+    hidden_states: torch.Tensor,
+    plan: KeepPlan,
+    *,
+    position_embeddings: tuple[torch.Tensor, ...] | None = None,
+    position_ids: torch.Tensor | None = None,
+    attention_mask: Any = None,
+    drop_position_ids: bool = False,
+) -> LayerInputs:
+    """Slice a decoder layer's hidden states and its position and mask inputs to the keep plan, together.
 
     Args:
         hidden_states: [b, L, D] layer input.
-        kwargs: the layer's keyword arguments (`position_embeddings`, `position_ids`, `attention_mask`).
         plan: the keep plan.
+        position_embeddings, position_ids, attention_mask: the layer's inputs (None where absent).
         drop_position_ids: set `position_ids` to None (flash attention reads gaps in them as packed
             sequences; RoPE is already in `position_embeddings`).
-
-    Returns:
-        The sliced hidden states and a new kwargs dict.
     """
     index = plan.index
     hidden = gather_along(hidden_states, index, dim=1)
@@ -121,20 +145,11 @@ def slice_layer_inputs(
         slots = torch.searchsorted(index, plan.kept_visual.to(index.device))
         states = plan.visual_hidden.to(hidden.device, hidden.dtype)
         hidden = hidden.scatter(1, slots[..., None].expand_as(states), states)
-    out = dict(kwargs)
-    pos_emb = kwargs.get("position_embeddings")
-    if pos_emb is not None:
-        # cos/sin: [b or 1, L, d] (1-D RoPE and Qwen-VL's recomposed M-RoPE alike): sequence at dim -2.
-        out["position_embeddings"] = tuple(
-            gather_along(t, index, dim=t.ndim - 2, batch_dim=t.ndim - 3) for t in pos_emb
-        )
-    position_ids = kwargs.get("position_ids")
-    if drop_position_ids:
-        out["position_ids"] = None
-    elif position_ids is not None:
-        # [b or 1, L] text positions, or [3, b, L] M-RoPE positions.
-        batch_dim = 1 if position_ids.ndim == 3 else 0
-        out["position_ids"] = gather_along(position_ids, index, dim=position_ids.ndim - 1, batch_dim=batch_dim)
-    if "attention_mask" in kwargs:
-        out["attention_mask"] = slice_mask(kwargs["attention_mask"], index, index)
-    return hidden, out
+    return LayerInputs(
+        hidden_states=hidden,
+        position_embeddings=None
+        if position_embeddings is None
+        else slice_position_embeddings(position_embeddings, index),
+        position_ids=None if drop_position_ids or position_ids is None else slice_position_ids(position_ids, index),
+        attention_mask=slice_mask(attention_mask, index, index),
+    )

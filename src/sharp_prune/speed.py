@@ -49,6 +49,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 from transformers import PreTrainedModel
 
+from . import hf_protocol as hf
 from .cli_args import comma_list
 from .config import PruneConfig
 from .engine import PruneHandle, apply
@@ -271,20 +272,6 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def _cache_bytes(cache: Any) -> int | None:
-    """Bytes held by a transformers `DynamicCache` (keys and values of every layer)."""
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        return None
-    total = 0
-    for layer in layers:
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
-            if isinstance(tensor, torch.Tensor):
-                total += tensor.numel() * tensor.element_size()
-    return total
-
-
 def _model_bytes(model: torch.nn.Module) -> int:
     seen: dict[int, int] = {}
     for tensor in [*model.parameters(), *model.buffers()]:
@@ -421,7 +408,7 @@ def _inspect(
         "registers": None,
         # 2 when a PosC prior pass ran (layers 0..K-1 again on the blank copy), 1 otherwise
         "layer0_calls": calls[0],
-        "kv_cache_bytes": _cache_bytes(getattr(out, "past_key_values", None)),
+        "kv_cache_bytes": hf.cache_bytes(hf.output_cache(out)),
     }
     case.cpu_peak = tracker.peak if tracker is not None else None
     del out

@@ -6,7 +6,7 @@ An adapter never changes model code; the engine reads it to place hooks and to b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
+from ..hf_protocol import ModelCall
 from ..layout import VisualLayout
 
-# (model, forward kwargs of the top-level call, frame map declared on the handle) -> layout or None
-LocateFn = Callable[[nn.Module, Mapping[str, Any], "torch.Tensor | None"], "VisualLayout | None"]
+# (model, the top-level forward call, frame map declared on the handle) -> layout or None
+LocateFn = Callable[[nn.Module, ModelCall, "torch.Tensor | None"], "VisualLayout | None"]
 # (model, layout, blank token id or None) -> [P, D] input embeddings of one content-free frame
 BlankFrameFn = Callable[[nn.Module, VisualLayout, "int | None"], torch.Tensor]
 
@@ -62,9 +63,9 @@ class ModelAdapter:
         return self.decoder(model).layers
 
 
-def input_ids_or_raise(adapter_name: str, inputs: Mapping[str, Any]) -> torch.Tensor:
+def input_ids_or_raise(adapter_name: str, call: ModelCall) -> torch.Tensor:
     """VLM adapters find video tokens by their token id, so they need `input_ids`."""
-    input_ids = inputs.get("input_ids")
+    input_ids = call.input_ids
     if input_ids is None:
         raise InputError(
             f"{adapter_name}: sharp-prune locates video tokens from `input_ids`; call the model with input_ids "

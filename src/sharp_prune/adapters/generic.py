@@ -6,25 +6,19 @@ tensor holding each visual token's frame index and -1 for text (see `frame_map_f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import nn
 
 from ..errors import InputError
+from ..hf_protocol import ModelCall
 from ..layout import VisualLayout
 from .base import ModelAdapter
 
 
-def locate_declared(model: nn.Module, inputs: Mapping[str, Any], declared: torch.Tensor | None) -> VisualLayout | None:
+def locate_declared(model: nn.Module, call: ModelCall, declared: torch.Tensor | None) -> VisualLayout | None:
     if declared is None:
         return None
-    reference = inputs.get("input_ids")
-    if reference is None:
-        reference = inputs.get("inputs_embeds")
-    if reference is None:
-        raise InputError("generic adapter: the forward call has neither input_ids nor inputs_embeds.")
+    reference = call.reference
     shape = tuple(reference.shape[:2])
     if tuple(declared.shape) != shape:
         raise InputError(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import InputError
+from ..hf_protocol import ModelCall
 from ..layout import VisualLayout
 from .base import ModelAdapter, black_pixels, input_ids_or_raise
 
@@ -20,16 +19,14 @@ def _tokens_per_frame_side(model: nn.Module) -> int:
     return math.ceil((vision.image_size // vision.patch_size) / 2)
 
 
-def locate_llava_onevision(
-    model: nn.Module, inputs: Mapping[str, Any], declared: torch.Tensor | None
-) -> VisualLayout | None:
+def locate_llava_onevision(model: nn.Module, call: ModelCall, declared: torch.Tensor | None) -> VisualLayout | None:
     """Video tokens are `video_token_id` runs of F * s * s frame tokens plus one newline (kept as text)."""
-    input_ids = input_ids_or_raise("llava_onevision", inputs)
+    input_ids = input_ids_or_raise("llava_onevision", call)
     side = _tokens_per_frame_side(model)
     per_frame = side * side
     video_id = model.config.video_token_id
-    pixel_values_videos = inputs.get("pixel_values_videos")
-    frames = pixel_values_videos.shape[1] if pixel_values_videos is not None else None
+    # generate encodes the video before the prefill and drops the pixels: then frames follow from the count
+    frames = call.pixel_values_videos.shape[1] if call.pixel_values_videos is not None else None
     frame_map = torch.full_like(input_ids, -1)
     is_video = input_ids == video_id
     for row in range(input_ids.shape[0]):

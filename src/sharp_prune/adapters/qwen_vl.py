@@ -7,13 +7,11 @@ video tokens, a frame starts wherever the (height, width) position returns to th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import nn
 
 from ..errors import InputError
+from ..hf_protocol import ModelCall
 from ..layout import VisualLayout
 from .base import ModelAdapter, black_pixels, input_ids_or_raise
 
@@ -64,13 +62,13 @@ def _frames_from_positions(
     return frame_map, grid
 
 
-def locate_qwen_vl(model: nn.Module, inputs: Mapping[str, Any], declared: torch.Tensor | None) -> VisualLayout | None:
-    input_ids = input_ids_or_raise("qwen_vl", inputs)
+def locate_qwen_vl(model: nn.Module, call: ModelCall, declared: torch.Tensor | None) -> VisualLayout | None:
+    input_ids = input_ids_or_raise("qwen_vl", call)
     is_video = input_ids == model.config.video_token_id
     if not bool(is_video.any()):
         return None
-    grid_thw = inputs.get("video_grid_thw")
-    position_ids = inputs.get("position_ids")
+    grid_thw = call.video_grid_thw  # None under generate, which encodes the video before the prefill
+    position_ids = call.position_ids
     if grid_thw is not None:
         merge = model.config.vision_config.spatial_merge_size
         frame_map, grid = _frames_from_grids(is_video, grid_thw, merge)

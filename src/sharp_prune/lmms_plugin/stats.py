@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import hf_protocol as hf
 from ..engine import PruneHandle
 from ..flops import prefill_flops
 from ..record import PruneRecord
@@ -64,9 +65,8 @@ class SampleStats:
     error: str | None = None
 
 
-def _is_prefill(kwargs: dict[str, Any]) -> bool:
-    cache = kwargs.get("past_key_values")
-    return cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0)
+def _is_prefill(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    return hf.read_model_call(hf.forward_parameters(module), args, kwargs).is_prefill
 
 
 class _Timer:
@@ -143,7 +143,7 @@ class PrefillStats:
 
     # ------------------------------------------------------------------ hooks
     def _before(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not _is_prefill(kwargs):
+        if not _is_prefill(module, args, kwargs):
             return
         pending = getattr(self._local, "pending", None)
         if pending is None and getattr(self._local, "in_request", False) and getattr(self._local, "marked", False):

@@ -1,0 +1,438 @@
+"""transformers' calling protocol, spoken in one place.
+
+Every name sharp-prune reads from, or hands to, transformers lives in this module: the forward arguments of
+the model, of its text decoder and of the decoder layers (the cache's name among them), how a prefill is told
+from a decoding step, what `generate` removes from the prefill's inputs, the attention and mask registries,
+and the few private attributes still needed. The engine and the adapters work on the plain values returned
+here (`ModelCall`, `DecoderCall`, `LayerCall`) and never read a transformers argument by name.
+
+A call that does not look as this module expects (a cache under a name it does not know, a tensor argument
+the engine would not slice, a decoding step that looks like a prefill) raises `ProtocolError`, naming the
+installed transformers release and the tested range, instead of letting a forward run unpruned.
+
+Protocol history, by release (each entry: what changed, and what this module does about it):
+
+- 5.0: decoder layers return tensors; no `cache_position`; `rope_parameters`; `dtype=`.
+- 5.19 and earlier: `generate` encodes images and videos before the prefill (`mm_encoder_outputs`) and drops
+  the raw pixel inputs (`pixel_values_videos`, `video_grid_thw`) from the prefill's arguments.
+- 5.24: the cache argument `past_key_values` became `cache` in model, layer and attention forwards and in
+  model outputs (`output.cache`); `past_key_values` stays a deprecated alias of the model forward until 5.40.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import transformers
+from packaging.version import Version
+from torch import nn
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import AttentionMaskInterface
+
+from .errors import ConfigError, InputError, ProtocolError
+
+logger = logging.getLogger(__name__)
+
+# The releases the whole test suite passed on (make test-compat runs both ends; make drift looks past the cap).
+TESTED_FLOOR = "5.20.0"
+TESTED_CAP = "5.25"  # first release not yet tested (exclusive)
+
+# The cache's name, newest first. 5.24 renamed `past_key_values` -> `cache` in every forward; the old name is a
+# deprecated alias of the model forward until 5.40, so a user may still pass it to the model.
+MODEL_CACHE_NAMES: tuple[str, ...] = ("cache", "past_key_values")
+LAYER_CACHE_NAMES: tuple[str, ...] = ("cache", "past_key_values")
+
+# Layer arguments that hold the sequence and are sliced together with the hidden states at layer K.
+_LAYER_SEQUENCE_ARGS = ("hidden_states", "attention_mask", "position_ids", "position_embeddings")
+# Decoder arguments the pre-LLM stage rewrites (it shortens the sequence before layer 0).
+_DECODER_SEQUENCE_ARGS = ("input_ids", "inputs_embeds", "attention_mask", "position_ids")
+
+_KEEP = object()  # "leave this argument as it was"
+
+
+def installed_version() -> str:
+    return transformers.__version__
+
+
+def tested_range() -> str:
+    return f">={TESTED_FLOOR},<{TESTED_CAP}"
+
+
+def protocol_error(what: str) -> ProtocolError:
+    """A `ProtocolError` saying what was unexpected, the installed release and the tested range."""
+    return ProtocolError(
+        f"sharp-prune: {what} (transformers {installed_version()} is installed; sharp-prune is tested with "
+        f"transformers{tested_range()}). Nothing was returned, so that no unpruned output passes for pruned: "
+        f"install a tested release (pip install 'transformers{tested_range()}') or upgrade sharp-prune, and "
+        "report this at the project's issue tracker."
+    )
+
+
+def version_is_tested(version: str | None = None) -> bool:
+    v = Version(version or installed_version())
+    return Version(TESTED_FLOOR) <= v < Version(TESTED_CAP)
+
+
+_warned_untested = False
+
+
+def warn_if_untested() -> None:
+    """Log once per process when the installed release is outside the tested range (checks at run time still hold)."""
+    global _warned_untested
+    if not _warned_untested and not version_is_tested():
+        _warned_untested = True
+        logger.warning(
+            "sharp-prune is tested with transformers%s, and %s is installed; pruning checks its calls at run time "
+            "and raises ProtocolError if they differ from what it expects.",
+            tested_range(),
+            installed_version(),
+        )
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(isinstance(v, torch.Tensor) for v in value)
+    return False
+
+
+def _find_cache(kwargs: Mapping[str, Any], names: tuple[str, ...], where: str) -> Cache | None:
+    """The cache among `kwargs`, by its known names; a Cache under any other name is a protocol change."""
+    cache = None
+    for name in names:
+        value = kwargs.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, Cache):
+            raise InputError(
+                f"`{name}` of type {type(value).__name__} is not a transformers Cache; pass a Cache "
+                "(e.g. DynamicCache) or nothing while pruning is applied."
+            )
+        cache = value
+    for name, value in kwargs.items():
+        if isinstance(value, Cache) and name not in names:
+            raise protocol_error(f"the {where} received its cache as `{name}`, a name sharp-prune does not know")
+    return cache
+
+
+def is_prefill(cache: Cache | None) -> bool:
+    """A forward is a prefill when it starts from no cache or an empty one (decoding continues a filled one)."""
+    return cache is None or cache.get_seq_length() == 0
+
+
+def cache_length(cache: Cache | None, layer_idx: int) -> int:
+    """Tokens `cache` holds for layer `layer_idx` (0 without a cache)."""
+    return 0 if cache is None else int(cache.get_seq_length(layer_idx))
+
+
+def check_dynamic_cache(cache: Cache | None) -> None:
+    """Pruning caches fewer tokens in layers >= K: only a DynamicCache can hold layers of different lengths."""
+    if cache is not None and type(cache) is not DynamicCache:
+        raise InputError(
+            f"sharp-prune needs a DynamicCache (layers >= K cache fewer tokens), got {type(cache).__name__}; "
+            "do not pass cache_implementation='static' or a pre-built static cache while pruning."
+        )
+
+
+def output_cache(output: Any) -> Cache | None:
+    """The cache a model returned (`output.cache` since 5.24, `output.past_key_values` before)."""
+    for name in MODEL_CACHE_NAMES:
+        value = getattr(output, name, None)
+        if isinstance(value, Cache):
+            return value
+    return None
+
+
+def cache_bytes(cache: Cache | None) -> int | None:
+    """Bytes of keys and values a DynamicCache holds over all layers (`cache.layers[i].keys/values`, 5.0+)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return None
+    total = 0
+    for layer in layers:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+# ----------------------------------------------------------------------------------------------- model call
+def forward_parameters(model: nn.Module) -> list[str]:
+    """Names of the model forward's parameters, in order (to bind positional arguments)."""
+    return list(inspect.signature(model.forward).parameters)
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One top-level forward call of the model, by meaning.
+
+    Attributes:
+        input_ids, inputs_embeds, attention_mask, position_ids: as passed (position ids are [b, L] or, for
+            M-RoPE models, [3 or 4, b, L]).
+        cache: the Cache passed in, whatever its name in this release.
+        pixel_values_videos, video_grid_thw: raw video inputs; None under `generate`, which encodes the video
+            before the prefill and passes `mm_encoder_outputs` instead.
+    """
+
+    input_ids: torch.Tensor | None
+    inputs_embeds: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor | None
+    cache: Cache | None
+    pixel_values_videos: torch.Tensor | None
+    video_grid_thw: torch.Tensor | None
+
+    @property
+    def reference(self) -> torch.Tensor:
+        """input_ids, or inputs_embeds when the call has no ids: [b, L(, D)]."""
+        reference = self.input_ids if self.input_ids is not None else self.inputs_embeds
+        if reference is None:
+            raise InputError("the forward call has neither input_ids nor inputs_embeds.")
+        return reference
+
+    @property
+    def batch_size(self) -> int:
+        return self.reference.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.reference.shape[1]
+
+    @property
+    def is_prefill(self) -> bool:
+        return is_prefill(self.cache)
+
+
+def read_model_call(parameters: list[str], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ModelCall:
+    """Read a model forward pre-hook's arguments (`parameters` from `forward_parameters`)."""
+    inputs = dict(zip(parameters, args, strict=False))
+    inputs.update(kwargs)
+    return ModelCall(
+        input_ids=inputs.get("input_ids"),
+        inputs_embeds=inputs.get("inputs_embeds"),
+        attention_mask=inputs.get("attention_mask"),
+        position_ids=inputs.get("position_ids"),
+        cache=_find_cache(inputs, MODEL_CACHE_NAMES, "model"),
+        pixel_values_videos=inputs.get("pixel_values_videos"),
+        video_grid_thw=inputs.get("video_grid_thw"),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- decoder call
+@dataclass
+class DecoderCall:
+    """One forward call of the text decoder (the module that owns `.layers`), by meaning."""
+
+    input_ids: torch.Tensor | None
+    inputs_embeds: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor | None
+    cache: Cache | None
+    args: tuple[Any, ...] = field(repr=False)
+    kwargs: dict[str, Any] = field(repr=False)
+
+    def check_resizable(self) -> None:
+        """The pre-LLM stage shortens the sequence: refuse sequence-long arguments it would not shorten."""
+        _refuse_unknown_tensors(self.kwargs, _DECODER_SEQUENCE_ARGS, "text decoder")
+
+    def replaced(
+        self,
+        inputs_embeds: Any = _KEEP,
+        attention_mask: Any = _KEEP,
+        position_ids: Any = _KEEP,
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """(args, kwargs) for a pre-hook to return; giving `inputs_embeds` drops `input_ids`."""
+        args, kwargs = self.args, dict(self.kwargs)
+        if inputs_embeds is not _KEEP:
+            args = args[1:] if args else args  # input_ids is the first positional argument
+            kwargs["input_ids"] = None
+            kwargs["inputs_embeds"] = inputs_embeds
+        if attention_mask is not _KEEP:
+            kwargs["attention_mask"] = attention_mask
+        if position_ids is not _KEEP:
+            kwargs["position_ids"] = position_ids
+        return args, kwargs
+
+
+def read_decoder_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> DecoderCall:
+    return DecoderCall(
+        input_ids=kwargs.get("input_ids", args[0] if args else None),
+        inputs_embeds=kwargs.get("inputs_embeds"),
+        attention_mask=kwargs.get("attention_mask"),
+        position_ids=kwargs.get("position_ids"),
+        cache=_find_cache(kwargs, LAYER_CACHE_NAMES, "text decoder"),
+        args=args,
+        kwargs=kwargs,
+    )
+
+
+def embed_tokens(decoder: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    return decoder.get_input_embeddings()(input_ids)
+
+
+# ----------------------------------------------------------------------------------------------- layer call
+def _refuse_unknown_tensors(kwargs: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    for name, value in kwargs.items():
+        if name in known or name in LAYER_CACHE_NAMES or not _holds_tensor(value):
+            continue
+        raise protocol_error(
+            f"the {where} received a tensor argument `{name}` that sharp-prune does not know how to prune with "
+            "the sequence"
+        )
+
+
+@dataclass
+class LayerCall:
+    """One forward call of a decoder layer, by meaning.
+
+    Attributes:
+        hidden_states: [b, L, D] layer input.
+        attention_mask: None (implicit causal), [b, L] (flash) or [b, 1, q, kv] (sdpa / eager).
+        position_ids: [b or 1, L] (M-RoPE models pass the text row here, the 3-D positions are in the embeddings).
+        position_embeddings: RoPE (cos, sin), each [b or 1, L, d].
+        cache: the Cache passed in, whatever its name in this release.
+    """
+
+    hidden_states: torch.Tensor
+    attention_mask: Any
+    position_ids: torch.Tensor | None
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
+    cache: Cache | None
+    args: tuple[Any, ...] = field(repr=False)
+    kwargs: dict[str, Any] = field(repr=False)
+
+    def check_prunable(self) -> None:
+        """Layer K's call: every sequence-long argument must be one the keep plan slices."""
+        _refuse_unknown_tensors(self.kwargs, _LAYER_SEQUENCE_ARGS, "decoder layer")
+
+    def replaced(
+        self,
+        hidden_states: Any = _KEEP,
+        attention_mask: Any = _KEEP,
+        position_ids: Any = _KEEP,
+        position_embeddings: Any = _KEEP,
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """(args, kwargs) for a pre-hook to return, with the given arguments replaced."""
+        args, kwargs = self.args, dict(self.kwargs)
+        if hidden_states is not _KEEP:
+            if args:
+                args = (hidden_states, *args[1:])
+            else:
+                kwargs["hidden_states"] = hidden_states
+        for name, value in (
+            ("attention_mask", attention_mask),
+            ("position_ids", position_ids),
+            ("position_embeddings", position_embeddings),
+        ):
+            if value is not _KEEP and name in kwargs:
+                kwargs[name] = value
+        return args, kwargs
+
+    def rerun_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments to run layers again on other hidden states, without touching the cache."""
+        kwargs = {k: v for k, v in self.kwargs.items() if k not in LAYER_CACHE_NAMES and k != "hidden_states"}
+        kwargs["use_cache"] = False
+        return kwargs
+
+
+def read_layer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor):
+        raise protocol_error("a decoder layer was called without hidden states as its first argument")
+    return LayerCall(
+        hidden_states=hidden,
+        attention_mask=kwargs.get("attention_mask"),
+        position_ids=kwargs.get("position_ids"),
+        position_embeddings=kwargs.get("position_embeddings"),
+        cache=_find_cache(kwargs, LAYER_CACHE_NAMES, "decoder layer"),
+        args=args,
+        kwargs=kwargs,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- attention
+SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flash_attention_4")
+
+
+def attention_modules(layers: nn.ModuleList) -> list[nn.Module]:
+    """The self-attention module of each decoder layer."""
+    modules = []
+    for idx, layer in enumerate(layers):
+        module = getattr(layer, "self_attn", None)
+        if module is None:
+            raise protocol_error(f"decoder layer {idx} ({type(layer).__name__}) has no `self_attn` module")
+        modules.append(module)
+    return modules
+
+
+def layer_index(attention_module: nn.Module) -> int | None:
+    """The decoder layer an attention module belongs to (`layer_idx`, set by every 5.x decoder)."""
+    return getattr(attention_module, "layer_idx", None)
+
+
+def attention_scaling(attention_module: nn.Module) -> float:
+    """Softmax scale of an attention module (`scaling`, 1/sqrt(head_dim) unless the model says otherwise)."""
+    scaling = getattr(attention_module, "scaling", None)
+    if scaling is None:
+        raise protocol_error(f"{type(attention_module).__name__} has no `scaling` attribute")
+    return float(scaling)
+
+
+def attention_implementation(config: Any) -> str | None:
+    """The attention implementation a (text) config selects.
+
+    `_attn_implementation` is private but is what every modeling file reads (all of 5.x); there is no public
+    getter.
+    """
+    return config._attn_implementation
+
+
+def set_attention_implementation(config: Any, name: str) -> None:
+    """Select `name` on this config only (the text decoder's; the vision tower keeps its own).
+
+    Private attribute (all of 5.x): the public `set_attn_implementation` recurses into every sub-model and
+    rewrites names that contain "flash", so it cannot switch the text decoder alone to a registered wrapper.
+    """
+    config._attn_implementation_internal = name
+
+
+def eager_attention_of(attention_module: nn.Module) -> Callable[..., Any]:
+    """The model file's own `eager_attention_forward` (transformers registers no global eager function)."""
+    fn = getattr(sys.modules.get(type(attention_module).__module__), "eager_attention_forward", None)
+    if fn is None:
+        raise ConfigError(
+            f"{type(attention_module).__name__} has no eager_attention_forward in its module; "
+            "load the model with attn_implementation='sdpa'."
+        )
+    return fn
+
+
+def attention_function(name: str, attention_module: nn.Module) -> Callable[..., Any]:
+    """The attention function `name` selects for `attention_module`, as its forward would look it up."""
+    if name == "eager":
+        return eager_attention_of(attention_module)
+    return AttentionInterface()[name]
+
+
+def is_registered(name: str) -> bool:
+    return name in AttentionInterface()
+
+
+def register_attention(name: str, function: Callable[..., Any], mask_like: str) -> None:
+    """Register `function` as attention implementation `name`, with `mask_like`'s mask function.
+
+    Without the mask entry, transformers builds no mask for an unknown implementation (eager would silently
+    lose its causal mask).
+    """
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, AttentionMaskInterface()[mask_like])
