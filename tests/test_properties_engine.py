@@ -79,8 +79,22 @@ class Batch:
     """Model inputs plus the facts the checks need, computed from the token ids here."""
 
     inputs: dict[str, torch.Tensor]
-    visual_positions: list[list[int]]  # per sample, positions of the prunable video tokens
+    all_video_positions: list[list[int]]  # per sample, positions of the video's frame tokens
+    visual_positions: list[list[int]]  # per sample, positions of the prunable video tokens (see `_prunable`)
     has_text_after_video: bool  # every sample has a real non-video token after its last video token
+    mixed_end: bool  # some samples, not all, end with a video token: refused (see `_prunable`)
+
+
+def _prunable(visual: list[list[int]], last: list[int]) -> tuple[list[list[int]], bool]:
+    """The prompt's last token is never pruned: a video token there leaves the prunable set.
+
+    Returns the prunable positions per sample, and whether the batch mixes samples that end with a video token
+    and samples that do not (then they would keep different counts, and the forward is refused).
+    """
+    ends = [bool(v) and v[-1] == end for v, end in zip(visual, last, strict=True)]
+    if any(ends) and not all(ends):
+        return visual, True
+    return ([v[:-1] for v in visual] if all(ends) else visual), False
 
 
 def _video_rows(family: str, inputs: dict[str, torch.Tensor], frames: int, sample: int, frame: int) -> tuple:
@@ -129,18 +143,29 @@ def batches(draw: st.DrawFn, family: str, pre: bool) -> Batch:
     visual, text_after = [], True
     for row in range(b):
         video = (ids[row] == VIDEO_TOKEN_ID).nonzero().flatten().tolist()
+        after = torch.arange(ids.shape[1]) > video[-1]  # LLaVA-OV: after the trailing newline
+        text_after &= bool((after & valid[row]).any())
         if family == "llava_onevision":
             video = video[:-1]  # the trailing newline token is never pruned
         visual.append(video)
-        after = torch.arange(ids.shape[1]) > video[-1]
-        text_after &= bool((after & valid[row]).any())
-    return Batch(inputs=inputs, visual_positions=visual, has_text_after_video=text_after)
+    last = [int(valid[row].nonzero().max()) for row in range(b)]
+    prunable, mixed = _prunable(visual, last)
+    return Batch(
+        inputs=inputs,
+        all_video_positions=visual,
+        visual_positions=prunable,
+        has_text_after_video=text_after,
+        mixed_end=mixed,
+    )
 
 
 def _check_record(record: sp.PruneRecord, config: sp.PruneConfig, visual_positions: list[list[int]]) -> None:
     """What a record must say about one prefill, from the config and the video positions found here."""
     b = len(visual_positions)
     n = len(visual_positions[0])
+    if n == 0:  # the video was one token, and the prompt's last: nothing to prune
+        assert record.num_visual == [0] * b and record.kept_len == record.seq_len
+        return
     # what the examples exercised, in --hypothesis-show-statistics
     event(f"pre-stage dropped tokens: {record.pre_kept is not None}")
     event(f"registers: {record.is_register is not None and any(bool(r.any()) for r in record.is_register)}")
@@ -206,8 +231,13 @@ def test_pruned_forward_keeps_what_the_record_says_and_remove_restores(method: s
     reference = _forward(model, batch.inputs)
     handle = sp.apply(model, config)
     try:
+        if batch.mixed_end:
+            with pytest.raises(sp.InputError, match="end with a video token and the others do not"):
+                _forward(model, batch.inputs)
+            event("refused: some samples end with a video token")
+            return
         needs_text = config.method == "sharp" and config.sharp_query == "text"
-        if needs_text and not batch.has_text_after_video:
+        if needs_text and not batch.has_text_after_video and batch.visual_positions[0]:
             with pytest.raises(sp.InputError, match="text token after the last video token"):
                 _forward(model, batch.inputs)
             event("refused: no text after the video")
@@ -231,11 +261,14 @@ def test_pruned_forward_keeps_what_the_record_says_and_remove_restores(method: s
 
 
 @st.composite
-def generic_batches(draw: st.DrawFn) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[list[int]], bool]:
+def generic_batches(
+    draw: st.DrawFn,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[list[int]], bool, list[int]]:
     """Token ids, attention mask and a frame map for the generic adapter.
 
     One sample uses `frame_map_for_span`; a padded batch of samples with different prefixes builds its
-    map row by row. Returns (inputs, frame_map, visual positions per sample, text after every video).
+    map row by row. Returns (inputs, frame_map, visual positions per sample, text after every video, the last
+    real position of each sample).
     """
     frames = draw(st.integers(1, 4))
     per_frame = draw(st.integers(1, 6))
@@ -247,7 +280,7 @@ def generic_batches(draw: st.DrawFn) -> tuple[dict[str, torch.Tensor], torch.Ten
         ids = torch.randint(3, 200, (1, seq_len), generator=gen)
         frame_map = sp.frame_map_for_span(seq_len, start=prefix, num_frames=frames, tokens_per_frame=per_frame)
         visual = [list(range(prefix, prefix + span))]
-        return {"input_ids": ids}, frame_map, visual, suffix > 0
+        return {"input_ids": ids}, frame_map, visual, suffix > 0, [seq_len - 1]
     b = draw(st.integers(2, 3))
     prefixes = draw(st.lists(st.integers(0, 5), min_size=b, max_size=b))
     suffixes = draw(st.lists(st.integers(0, 4), min_size=b, max_size=b))
@@ -264,7 +297,8 @@ def generic_batches(draw: st.DrawFn) -> tuple[dict[str, torch.Tensor], torch.Ten
         mask[i, start : start + length] = 1
         frame_map[i, start + p : start + p + span] = torch.arange(frames).repeat_interleave(per_frame)
         visual.append(list(range(start + p, start + p + span)))
-    return {"input_ids": ids, "attention_mask": mask}, frame_map, visual, min(suffixes) > 0
+    last = [int(mask[i].nonzero().max()) for i in range(b)]
+    return {"input_ids": ids, "attention_mask": mask}, frame_map, visual, min(suffixes) > 0, last
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -274,13 +308,19 @@ def test_generic_adapter_forward_keeps_what_the_record_says_and_remove_restores(
     method: str, data: st.DataObject
 ) -> None:
     config = data.draw(configs(method), label="config")
-    inputs, frame_map, visual, text_after = data.draw(generic_batches(), label="batch")
+    inputs, frame_map, visual, text_after, last = data.draw(generic_batches(), label="batch")
+    visual, mixed = _prunable(visual, last)
     model = _causal_lm()
     reference = _forward(model, inputs)
     handle = sp.apply(model, config)
     try:
         with handle.visual_frames(frame_map):
-            if config.method == "sharp" and config.sharp_query == "text" and not text_after:
+            if mixed:
+                with pytest.raises(sp.InputError, match="end with a video token and the others do not"):
+                    _forward(model, inputs)
+                event("refused: some samples end with a video token")
+                return
+            if config.method == "sharp" and config.sharp_query == "text" and not text_after and visual[0]:
                 with pytest.raises(sp.InputError, match="text token after the last video token"):
                     _forward(model, inputs)
                 event("refused: no text after the video")
@@ -349,7 +389,8 @@ def _check_blank_pass(
     frames = int(record.frame_ids[0].max()) + 1
     for row, visual in enumerate(visual_positions):
         per_frame = len(visual) // frames
-        scored = record.pre_keep_positions[row].tolist() if record.pre_kept is not None else visual
+        scored = record.pre_keep_positions[row].tolist() if record.pre_kept is not None else None
+        scored = scored if scored is not None else record.visual_positions[row].tolist()
         dropped = set(visual) - set(scored)
         # the blank pass runs on the sequence the pre-stage left: original positions minus the dropped ones
         entering = [p for p in range(record.seq_len) if p not in dropped]
@@ -369,7 +410,10 @@ def test_posc_blank_pass_puts_each_token_of_the_black_frame_in_its_place(family:
     model = _vlm(family)
     config = data.draw(configs(), label="config").replace(method="sharp", posc=True, sharp_query="last")
     batch = data.draw(batches(family, pre=config.pre is not None), label="batch")
-    record = _check_blank_pass(model, config, batch.inputs, batch.visual_positions)
+    if batch.mixed_end or not batch.visual_positions[0]:
+        event("skipped: refused batch, or nothing prunable")
+        return
+    record = _check_blank_pass(model, config, batch.inputs, batch.all_video_positions)
     event(f"pre-stage dropped tokens: {record.pre_kept is not None}")
 
 
@@ -385,7 +429,7 @@ def test_generate_prefill_makes_the_forward_plan_and_decodes_from_its_logits(fam
     needs_text = config.method == "sharp" and config.sharp_query == "text"
     # generate appends after the last column: left padding keeps every sample's last token there
     left_padded = bool(batch.inputs["attention_mask"][:, -1].all())
-    if (needs_text and not batch.has_text_after_video) or not left_padded:
+    if (needs_text and not batch.has_text_after_video) or not left_padded or batch.mixed_end:
         event("skipped: no text after the video, or right padding")
         return
     with sp.apply(model, config) as handle, torch.no_grad():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sharp_prune.segm import frame_descriptors, segment_attention, segment_frames
+from sharp_prune.segm import frame_descriptors, segment_attention, segment_frames, segment_mask
 
 
 def _scenes(lengths: list[int], dim: int = 32, noise: float = 0.05, seed: int = 0) -> torch.Tensor:
@@ -92,6 +92,8 @@ def test_blockwise_segm_attention_equals_dense_mask(within, group):
     expected = F.scaled_dot_product_attention(query, k_full, v_full, attn_mask=dense, scale=dim**-0.5).transpose(1, 2)
     real = key_valid  # padding rows are garbage in both; compare real rows
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    # the vectorised dense mask (eager's SegM path) is the quadratic reference on every real row
+    assert torch.equal(segment_mask(segment_map, key_valid, within)[:, 0][real], dense[:, 0][real])
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])

@@ -28,9 +28,15 @@ class AttentionObserver(Protocol):
     base_attention: Callable[..., Any]
 
     def observe_attention(
-        self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
-    ) -> torch.Tensor | None:
-        """Look at q/k/v; return an attention output ([b, L, H, d]) to use instead of the base one, or None."""
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Look at q/k/v; return (output [b, L, H, d], weights or None) to use instead of the base one, or None."""
 
 
 # attention module -> the handle that owns it (weak both ways: no handle keeps a model alive)
@@ -54,9 +60,9 @@ def _make_wrapper(base: str) -> Callable[..., Any]:
         observer = _OBSERVERS.get(module)
         if observer is None:
             return base_attention_for(base, module)(module, query, key, value, attention_mask, **kwargs)
-        replaced = observer.observe_attention(module, query, key, value)
+        replaced = observer.observe_attention(module, query, key, value, attention_mask, **kwargs)
         if replaced is not None:
-            return replaced, None
+            return replaced
         return observer.base_attention(module, query, key, value, attention_mask, **kwargs)
 
     sharp_prune_attention.__name__ = f"{PREFIX}{base}"

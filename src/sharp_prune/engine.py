@@ -43,12 +43,12 @@ from .keep_plan import (
     slice_position_embeddings,
     slice_position_ids,
 )
-from .layout import VisualLayout
+from .layout import VisualLayout, protect_last_token
 from .posc import tile_blank_frame
 from .pre_stage import temporal_merge_keep
 from .record import PruneRecord
 from .scoring import attention_received
-from .segm import frame_descriptors, segment_attention, segment_frames
+from .segm import frame_descriptors, segment_attention, segment_frames, segment_mask
 from .selectors import SelectionInput, Selector, build_selector
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class _Prefill:
     segments: torch.Tensor | None = None  # [b, N] segment id of each visual token
     frame_similarity: list[torch.Tensor] | None = None  # per sample [F-1]: SegM's cosine of frames f, f+1
     segment_map: torch.Tensor | None = None  # [b, L] segment id, -1 for non-visual (SegM mask)
+    segment_bias: torch.Tensor | None = None  # [b, 1, L, L] SegM's additive mask (eager only)
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin of layer K-1 (to remove RoPE)
     observed: set[int] = field(default_factory=set)  # layers < K whose attention went through our function
     phase: str = "real"  # "prior" while PosC's content-free pass runs
@@ -104,7 +105,7 @@ def _query_rows(
     if which == "last":
         last = torch.where(valid, positions, -1).max(dim=1).values
         return last[:, None], torch.ones(b, 1, dtype=torch.bool, device=device)
-    after_video = positions > layout.positions[:, -1:]
+    after_video = positions > layout.video_end[:, None]
     rows_mask = after_video & valid
     counts = rows_mask.sum(dim=1)
     if int(counts.min()) == 0:
@@ -135,6 +136,25 @@ def _remove_rope(
         return (y * cos - rotated * sin) / norm
 
     return unrotate(query), unrotate(key)
+
+
+def _checked_frame_map(frame_map: Any) -> torch.Tensor:
+    """A declared frame map as a long tensor, or `InputError` saying what a frame map is."""
+    what = "a frame map is an integer tensor [batch, seq_len]: each visual token's frame index (0, 1, ...), -1 for text"
+    if not isinstance(frame_map, torch.Tensor) or frame_map.ndim != 2:
+        shape = tuple(frame_map.shape) if isinstance(frame_map, torch.Tensor) else type(frame_map).__name__
+        raise InputError(f"{what}; got {shape}. Build one with sp.frame_map_for_span(...).")
+    if frame_map.dtype == torch.bool:
+        raise InputError(
+            f"{what}; got a bool mask, which cannot say which frame a token belongs to (False would read as frame "
+            "0). Use torch.where(mask, frame_index, -1), or sp.frame_map_for_span(...)."
+        )
+    if frame_map.is_floating_point() or frame_map.is_complex():
+        raise InputError(f"{what}; got dtype {frame_map.dtype}.")
+    frame_map = frame_map.long()
+    if frame_map.numel() and int(frame_map.min()) < -1:
+        raise InputError(f"{what}; got {int(frame_map.min())}, below -1.")
+    return frame_map
 
 
 def _rows(tensor: torch.Tensor | None) -> list[torch.Tensor] | None:
@@ -182,7 +202,7 @@ class PruneHandle:
         self._layers = adapter.layers(model)
         self._attention_modules = hf.attention_modules(self._layers)
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._declared: torch.Tensor | None = None
+        self._local = threading.local()  # per thread: the frame map declared for its calls (generic adapter)
         self._prefill: _Prefill | None = None
         self._decode: _Decode | None = None
         self._expect_prefill = False  # the model pre-hook judged this forward a prefill
@@ -191,15 +211,24 @@ class PruneHandle:
         self._last_pre_plan: KeepPlan | None = None
         self._prior_cache: dict[tuple, torch.Tensor] = {}
         self._blank_frames: dict[tuple, torch.Tensor] = {}
-        self._base_impl = hf.attention_implementation(self._decoder.config)
-        self.base_attention = attn.base_attention_for(self._base_impl, self._attention_modules[0])
-        self._drop_position_ids = "flash" in self._base_impl
+        self._use_base_implementation(hf.attention_implementation(self._decoder.config))
         self._forward_params = hf.forward_parameters(model)
         self._lock = threading.Lock()
         self._running: int | None = None  # thread id of the forward in progress
         self._active = False
 
     # ----------------------------------------------------------------- lifecycle
+    def _use_base_implementation(self, impl: str) -> None:
+        """Wrap `impl`, the attention implementation the text decoder has now (and restore it on remove)."""
+        if isinstance(impl, str) and impl.startswith(attn.PREFIX):
+            raise AlreadyAppliedError(
+                "this model's attention is already wrapped by sharp-prune; remove that handle first."
+            )
+        attn.registered_name(impl)  # validates the implementation
+        self._base_impl = impl
+        self.base_attention = attn.base_attention_for(impl, self._attention_modules[0])
+        self._drop_position_ids = "flash" in impl
+
     def _attach(self) -> None:
         model = self._model_ref()
         k = self.config.layer
@@ -245,6 +274,8 @@ class PruneHandle:
         existing = _APPLIED.get(model)
         if existing is not None and existing.active:
             raise AlreadyAppliedError("this model has another active sharp-prune handle; remove it first.")
+        # The implementation may have changed while removed (set_attn_implementation): wrap, and later restore, it.
+        self._use_base_implementation(hf.attention_implementation(self._decoder.config))
         self._attach()
         return self
 
@@ -253,6 +284,9 @@ class PruneHandle:
         return self._active
 
     def __enter__(self) -> PruneHandle:
+        """`with handle:` prunes inside the block; a removed handle is attached again on entry."""
+        if not self._active:
+            self.reattach()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -262,23 +296,39 @@ class PruneHandle:
         state = "active" if self._active else "removed"
         return f"PruneHandle({self.config!r}, adapter={self.adapter.name!r}, {state})"
 
+    def _refuse_copy(self, *args: object) -> Any:
+        raise AlreadyAppliedError(
+            "a model with sharp-prune applied cannot be deep-copied or pickled (its hooks belong to this handle "
+            "and this model): call handle.remove() first, copy or save the model, then sp.apply(copy, "
+            "handle.config) on the copy."
+        )
+
+    # A deep copy or pickle of the model reaches the handle through its hooks.
+    __deepcopy__ = _refuse_copy
+    __reduce_ex__ = _refuse_copy
+
     # ----------------------------------------------------------------- generic adapter
     def set_visual_frames(self, frame_map: torch.Tensor | None) -> None:
-        """Declare the visual tokens of the next calls (generic adapter): [b, L] frame index, -1 for text."""
-        if frame_map is not None:
-            if not isinstance(frame_map, torch.Tensor) or frame_map.ndim != 2 or frame_map.is_floating_point():
-                raise InputError("the frame map must be an integer tensor of shape [batch, seq_len] (-1 for text).")
-            frame_map = frame_map.long()
-        self._declared = frame_map
+        """Declare the visual tokens of this thread's next calls (generic adapter).
+
+        `frame_map` is a [b, L] integer tensor: each visual token's frame index (0, 1, ...), -1 for text;
+        None clears the declaration. A declaration belongs to the thread that made it.
+        """
+        self._local.declared = None if frame_map is None else _checked_frame_map(frame_map)
 
     @contextmanager
     def visual_frames(self, frame_map: torch.Tensor) -> Iterator[PruneHandle]:
-        """Context manager form of `set_visual_frames`; the declaration is cleared on exit."""
+        """Context manager form of `set_visual_frames`; on exit the declaration before it is back (blocks nest)."""
+        previous = self._declared
         self.set_visual_frames(frame_map)
         try:
             yield self
         finally:
-            self._declared = None
+            self._local.declared = previous
+
+    @property
+    def _declared(self) -> torch.Tensor | None:
+        return getattr(self._local, "declared", None)
 
     # ----------------------------------------------------------------- hooks
     def _on_model_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -305,13 +355,15 @@ class PruneHandle:
         self.last = None  # a prefill that fails leaves no record of an earlier one behind
         layout = self.adapter.locate(module, call, self._declared)
         seq_len, batch = call.seq_len, call.batch_size
+        mask = call.attention_mask
+        key_valid = mask.bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+        if layout is not None:
+            if key_valid is not None and bool((~key_valid.gather(1, layout.positions)).any()):
+                raise InputError("some visual tokens are masked out as padding in attention_mask; check the inputs.")
+            layout = protect_last_token(layout, key_valid, seq_len)
         if layout is None:
             self.last = self._empty_record(batch, seq_len)
             return
-        mask = call.attention_mask
-        key_valid = mask.bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
-        if key_valid is not None and bool((~key_valid.gather(1, layout.positions)).any()):
-            raise InputError("some visual tokens are masked out as padding in attention_mask; check the inputs.")
         budget = layout.num_visual if self.config.method == "none" else self.config.budget(layout.num_visual)
         state = _Prefill(layout=layout, seq_len=seq_len, budget=budget, key_valid=key_valid, input_valid=key_valid)
         if self._selector.query != "none":
@@ -385,6 +437,7 @@ class PruneHandle:
             positions=torch.searchsorted(index, pre_plan.kept_visual),
             frame_ids=layout.frame_ids.gather(1, local),
             grid=layout.grid,
+            span_end=None if layout.span_end is None else torch.searchsorted(index, layout.span_end[:, None])[:, 0],
         )
         state.seq_len = index.shape[1]
         if state.key_valid is not None:
@@ -431,8 +484,14 @@ class PruneHandle:
             self._prefill.rope = hf.read_layer_call(args, kwargs).position_embeddings
 
     def observe_attention(
-        self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
-    ) -> torch.Tensor | None:
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Called by the registered attention function of every text layer (see `attention.py`)."""
         state = self._prefill
         layer_idx = hf.layer_index(module)
@@ -449,17 +508,27 @@ class PruneHandle:
                 state.prior = scores
             else:
                 state.scores = scores
-        if state.segment_map is not None:
-            return segment_attention(
-                query,
-                key,
-                value,
-                state.segment_map,
-                state.key_valid,
-                hf.attention_scaling(module),
-                self.config.segm_within,
-            )
-        return None
+        if state.segment_map is None:
+            return None
+        if self._base_impl == "eager":
+            # Eager returns the attention weights (output_attentions): run it under SegM's dense mask, so that the
+            # weights are SegM's too. Eager materialises L x L anyway; the other implementations never do.
+            if state.segment_bias is None or state.segment_bias.dtype != query.dtype:
+                allowed = segment_mask(state.segment_map, state.key_valid, self.config.segm_within)
+                state.segment_bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
+                    ~allowed.to(query.device), torch.finfo(query.dtype).min
+                )
+            return self.base_attention(module, query, key, value, state.segment_bias, **kwargs)
+        output = segment_attention(
+            query,
+            key,
+            value,
+            state.segment_map,
+            state.key_valid,
+            hf.attention_scaling(module),
+            self.config.segm_within,
+        )
+        return output, None
 
     def _layer_hook(self, idx: int):  # noqa: ANN202 - returns a torch hook
         def hook(layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -591,6 +660,9 @@ class PruneHandle:
             kept_original = state.pre_plan.index.gather(1, plan.kept_visual)
             original = state.original_layout
         scores = selection.scores if selection.scores is not None else state.scores
+        output_positions = plan.index if state.pre_plan is None else state.pre_plan.index.gather(1, plan.index)
+        if state.pre_plan is None and plan.kept_len == state.seq_len:
+            output_positions = None
         self.last = PruneRecord(
             method=self.config.method,
             layer=self.config.layer,
@@ -612,6 +684,7 @@ class PruneHandle:
             frame_similarity=state.frame_similarity,
             is_register=_rows(selection.is_register),
             grid=original.grid,
+            output_positions=_rows(output_positions),
             config=self.config.to_dict(),
         )
         return plan
@@ -642,7 +715,7 @@ class PruneHandle:
         state.phase = "prior"
         try:
             hidden = embeds
-            with torch.no_grad():
+            with torch.no_grad(), hf.outputs_not_captured():
                 for layer in self._layers[: self.config.layer]:
                     hidden = layer(hidden, **kwargs)
         finally:
@@ -750,12 +823,8 @@ def apply(model: nn.Module, config: PruneConfig | None = None, **overrides: Any)
             f"PruneConfig.layer={config.layer} is outside [1, {num_layers - 1}] for this model "
             f"({num_layers} decoder layers); pick K so that at least one layer runs before and after pruning."
         )
-    impl = hf.attention_implementation(decoder.config)
-    if isinstance(impl, str) and impl.startswith(attn.PREFIX):
-        raise AlreadyAppliedError("this model's attention is already wrapped by sharp-prune; remove that handle first.")
-    attn.registered_name(impl)  # validates the base implementation
     hf.warn_if_untested()
-    handle = PruneHandle(model, config, adapter)
+    handle = PruneHandle(model, config, adapter)  # checks the attention implementation; attaches nothing
     handle._attach()
     logger.info("sharp-prune: %s on %s (%s)", config, type(model).__name__, adapter.name)
     return handle

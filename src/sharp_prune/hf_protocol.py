@@ -24,7 +24,8 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,6 +359,26 @@ def read_layer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
         args=args,
         kwargs=kwargs,
     )
+
+
+@contextmanager
+def outputs_not_captured() -> Iterator[None]:
+    """Run extra layer calls (PosC's blank pass) without adding them to `output_attentions` / `output_hidden_states`.
+
+    transformers collects those outputs with forward hooks that append to a context variable while the model's
+    forward runs (`utils.output_capturing._active_collector`, private, all of 5.x: there is no public switch);
+    it is set to None for the duration.
+    """
+    from transformers.utils import output_capturing
+
+    collector = getattr(output_capturing, "_active_collector", None)
+    if collector is None:
+        raise protocol_error("transformers.utils.output_capturing has no `_active_collector` to pause")
+    token = collector.set(None)
+    try:
+        yield
+    finally:
+        collector.reset(token)
 
 
 # ----------------------------------------------------------------------------------------------- attention

@@ -23,11 +23,20 @@ class VisualLayout:
         positions: [b, N] long, sorted sequence positions (in the padded input) of the visual tokens.
         frame_ids: [b, N] long, frame index (0-based, non-decreasing) of each visual token.
         grid: (h, w) when each frame's tokens are an h x w raster (VLMs), else None.
+        span_end: [b] long, the last position of the video span, counting video tokens that are never pruned
+            (LLaVA-OV's trailing newline, a video token that ends the prompt); None: the last prunable one.
+            Text query rows are the text tokens after it.
     """
 
     positions: torch.Tensor
     frame_ids: torch.Tensor
     grid: tuple[int, int] | None = None
+    span_end: torch.Tensor | None = None
+
+    @property
+    def video_end(self) -> torch.Tensor:
+        """[b] last position of the video span (see `span_end`)."""
+        return self.positions[:, -1] if self.span_end is None else self.span_end
 
     @property
     def batch_size(self) -> int:
@@ -73,6 +82,42 @@ class VisualLayout:
         if n > 1 and bool((frame_ids.diff(dim=1) < 0).any()):
             raise InputError("frame indices of visual tokens must be non-decreasing along the sequence.")
         return cls(positions=positions, frame_ids=frame_ids, grid=grid)
+
+
+def protect_last_token(layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int) -> VisualLayout | None:
+    """The layout without the prompt's last token when that token is a video token.
+
+    The last position yields the next-token logits (and `generate`'s first token): it is never pruned. It leaves
+    the prunable set and counts as part of the video span (`span_end`), so text-query scoring still sees no
+    text after the video. Returns None when no prunable token is left.
+
+    Raises `InputError` when some samples of the batch end in a video token and others do not (the samples
+    would keep different numbers of video tokens).
+    """
+    device = layout.positions.device
+    if key_valid is None:
+        last = torch.full((layout.batch_size,), seq_len - 1, device=device)
+    else:
+        last = torch.where(key_valid.to(device), torch.arange(seq_len, device=device), -1).max(dim=1).values
+    ends_in_video = layout.positions[:, -1] == last  # positions are sorted: only the last one can be it
+    count = int(ends_in_video.sum())
+    if count == 0:
+        return layout
+    if count != layout.batch_size:
+        rows = ends_in_video.nonzero().flatten().tolist()
+        raise InputError(
+            f"sample(s) {rows} of the batch end with a video token and the others do not; the last token is never "
+            "pruned (it gives the next-token logits), so those samples would keep one video token fewer. Put text "
+            "after the video in every sample (or in none), or run them separately."
+        )
+    if layout.num_visual == 1:
+        return None
+    return VisualLayout(
+        positions=layout.positions[:, :-1],
+        frame_ids=layout.frame_ids[:, :-1],
+        grid=layout.grid,
+        span_end=torch.maximum(layout.video_end, last),
+    )
 
 
 def frame_map_for_span(

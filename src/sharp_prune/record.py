@@ -42,7 +42,14 @@ class PruneRecord:
             adapters), else None (generic adapter).
         attention_mask: per sample, [L] bool in original coordinates, False at padding; None when the
             call had no 2-D attention mask (no padding).
+        output_positions: per sample, [L'] the original position of each row of the pruned forward's outputs
+            (logits, last hidden states, the attentions and hidden states of layers >= K): every text token,
+            the kept video tokens, and the prompt's last token, which is never pruned. None when nothing was
+            pruned (the outputs have every position).
         config: the `PruneConfig` as a dict.
+
+    A pruned forward returns outputs for the kept positions only: `logits[:, i]` belongs to original position
+    `output_positions[sample][i]`; the last row is always the prompt's last token.
     """
 
     method: str
@@ -65,6 +72,7 @@ class PruneRecord:
     num_query_rows: list[int] | None = None
     attention_mask: list[torch.Tensor] | None = None
     grid: tuple[int, int] | None = None
+    output_positions: list[torch.Tensor] | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -85,6 +93,7 @@ class PruneRecord:
             "num_query_rows": self.num_query_rows,
             "grid": list(self.grid) if self.grid is not None else None,
             "keep_positions": [p.tolist() for p in self.keep_positions],
+            "output_positions": None if self.output_positions is None else [p.tolist() for p in self.output_positions],
             "register_positions": None
             if self.is_register is None
             else [p[r].tolist() for p, r in zip(self.keep_positions, self.is_register, strict=True)],

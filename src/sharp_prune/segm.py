@@ -146,3 +146,24 @@ def _attend_masked(
         query[None, :, rows], key[None, :, keys], value[None, :, keys], attn_mask=allowed[None, None], scale=scaling
     )[0]
     out[rows] = block.transpose(0, 1).to(out.dtype)
+
+
+def segment_mask(segment_map: torch.Tensor, key_valid: torch.Tensor | None, within: str = "causal") -> torch.Tensor:
+    """The SegM mask as a dense [b, 1, L, L] bool tensor (True: the row may attend to the key).
+
+    Text rows attend causally to every real key; a visual row attends causally to text and to its own segment
+    (to all of its segment with ``within="bidirectional"``). A padding row sees itself, so softmax stays finite.
+    Quadratic in L: used only where the attention implementation materialises L x L weights anyway (eager).
+    """
+    b, length = segment_map.shape
+    positions = torch.arange(length, device=segment_map.device)
+    causal = positions[None, :] <= positions[:, None]
+    seg_q, seg_k = segment_map[:, :, None], segment_map[:, None, :]
+    same = (seg_q == seg_k) & (seg_q >= 0)
+    allowed = causal & ((seg_q < 0) | (seg_k < 0) | same)
+    if within == "bidirectional":
+        allowed = allowed | same
+    if key_valid is not None:
+        allowed = allowed & key_valid.bool()[:, None, :]
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=segment_map.device)
+    return allowed[:, None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -44,7 +45,13 @@ def locate_llava_onevision(model: nn.Module, call: ModelCall, declared: torch.Te
             block = pos[v * per_video : (v + 1) * per_video - 1]  # the last token is the newline
             offset = v * f
             frame_map[row, block] = torch.arange(f, device=input_ids.device).repeat_interleave(per_frame) + offset
-    return VisualLayout.from_frame_map(frame_map, grid=(side, side))
+    layout = VisualLayout.from_frame_map(frame_map, grid=(side, side))
+    if layout is None:
+        return None
+    # The video span ends at the last newline: text queries are the tokens after it.
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    span_end = torch.where(is_video, positions, -1).max(dim=1).values
+    return dataclasses.replace(layout, span_end=span_end)
 
 
 # LLaVA-OneVision's processor normalises with SigLIP's mean = std = 0.5.
