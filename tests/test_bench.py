@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import sharp_prune as sp
 from sharp_prune.bench.command import add_bench_parser, options_from_args
 from sharp_prune.bench.report import plot_accuracy
 from sharp_prune.bench.runner import BenchOptions, run_bench, smallest_layer
@@ -92,8 +93,20 @@ def test_bench_options_are_validated_before_loading():
 
     parser = argparse.ArgumentParser()
     add_bench_parser(parser.add_subparsers())
-    with pytest.raises(ValueError, match="retention"):
-        options_from_args(parser.parse_args(["bench", "--retentions", "0,0.2"]))
+    with pytest.raises(SystemExit) as refused:  # argparse: exit status 2 and its usage line
+        parser.parse_args(["bench", "--retentions", "0,0.2"])
+    assert refused.value.code == 2
+    for bad in (
+        ["--scenes", "0"],
+        ["--threads", "-1"],
+        ["--frames", "0"],
+        ["--tokens-per-frame", "0"],
+        ["--layers", "0"],
+    ):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["bench", *bad])
+    with pytest.raises(sp.ConfigError, match=r"K=99 is outside \[1, 29\] for SmolLM2"):  # from its config, no weights
+        options_from_args(parser.parse_args(["bench", "--layers", "2,99"]))
     with pytest.raises(ValueError, match="choose one of"):
         options_from_args(parser.parse_args(["bench", "--methods", "fastv,nope"]))
     with pytest.raises(ValueError, match="question-types"):

@@ -148,7 +148,7 @@ def _config_only(checkpoint, tmp_path):
 
 def test_bad_layer_and_wrong_model_fail_before_the_weights_load(registry, checkpoint, tmp_path):
     folder = _config_only(checkpoint, tmp_path)
-    with pytest.raises(sp.ConfigError, match=r"layer=9 is outside \[1, 3\]"):
+    with pytest.raises(sp.ConfigError, match=r"layer K=9 is outside \[1, 3\]"):
         _load(registry, "sharp_llava_onevision", f"pretrained={folder},layer=9,prune_log={tmp_path}")
     with pytest.raises(sp.UnsupportedModelError, match="'llava_onevision' checkpoint"):
         _load(registry, "sharp_qwen2_vl", f"pretrained={folder},prune_log={tmp_path}")

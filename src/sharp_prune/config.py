@@ -7,6 +7,8 @@ rejects keys it does not know instead of silently ignoring them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,36 @@ def _check_range(name: str, value: Any, low: float, high: float) -> None:
     _check_type(name, value, (int, float), "a number")
     if not (math.isfinite(value) and low <= value <= high):
         raise ConfigError(f"PruneConfig.{name}={value!r} is outside [{low}, {high}].")
+
+
+def _check_field_names(cls: type, names: Any, where: str) -> None:
+    """Unknown or non-string field names raise, naming the closest known field."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigTypeError(f"{where}: field names are strings, got {type(name).__name__} {name!r}.")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(hints)}; PruneConfig's fields are {', '.join(known)}.")
+
+
+def check_layer(layer: int, num_layers: int, model: str = "this model") -> None:
+    """K must leave at least one decoder layer before and after pruning: 1 <= K <= num_layers - 1.
+
+    The one check of K's range: `apply`, the commands and the lmms-eval plugin all call it (the commands with the
+    checkpoint's config, before any weights load).
+    """
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ConfigTypeError(f"the layer K must be an int, got {type(layer).__name__} {layer!r}.")
+    if not 1 <= layer <= num_layers - 1:
+        raise ConfigError(
+            f"layer K={layer} is outside [1, {num_layers - 1}] for {model} ({num_layers} decoder layers); pick K so "
+            "that at least one layer runs before and after pruning (scores are read at K-1, tokens dropped before K)."
+        )
 
 
 @dataclass(frozen=True)
@@ -158,15 +190,27 @@ class PruneConfig:
         """Build a config from `to_dict` output; unknown keys raise `ConfigError` naming them."""
         if not isinstance(data, dict):
             raise ConfigTypeError(f"PruneConfig.from_dict needs a dict, got {type(data).__name__}.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"PruneConfig.from_dict got unknown keys {unknown} (from another sharp-prune version?); "
-                f"known keys are {sorted(known)}."
-            )
+        _check_field_names(cls, list(data), "PruneConfig.from_dict (a result file of another sharp-prune version?)")
         return cls(**data)
 
     def replace(self, **changes: Any) -> PruneConfig:
         """A copy with some fields changed (validated again)."""
+        _check_field_names(type(self), list(changes), "PruneConfig.replace")
         return dataclasses.replace(self, **changes)
+
+
+def _checked_init(init: Any) -> Any:
+    """Wrap the generated __init__: unknown keywords and extra positional arguments get the library's errors."""
+
+    @functools.wraps(init)
+    def __init__(self: PruneConfig, *args: Any, **kwargs: Any) -> None:
+        fields = dataclasses.fields(PruneConfig)
+        if len(args) > len(fields):
+            raise ConfigTypeError(f"PruneConfig takes at most {len(fields)} positional arguments, got {len(args)}.")
+        _check_field_names(PruneConfig, list(kwargs), "PruneConfig")
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+PruneConfig.__init__ = _checked_init(PruneConfig.__init__)

@@ -71,8 +71,10 @@ def _answer(model, tokenizer, prompt: DemoPrompt) -> tuple[str, float]:
 
 def run_demo(retention: float = 0.3, layer: int = 2) -> list[dict]:
     """Answer the demo question unpruned and with each baseline; print and return the rows."""
-    from .smollm2 import load_smollm2
+    from .config import check_layer
+    from .smollm2 import load_smollm2, smollm2_config
 
+    check_layer(layer, smollm2_config().num_hidden_layers, "SmolLM2-135M")  # before the weights load
     model, tokenizer = load_smollm2()
     prompt = build_prompt(tokenizer)
     n_visual = int((prompt.frame_map >= 0).sum())

@@ -31,7 +31,8 @@ from torch import nn
 from . import attention as attn
 from . import hf_protocol as hf
 from .adapters import ModelAdapter, resolve_adapter
-from .config import PruneConfig
+from .adapters.base import mixed_frame_sizes
+from .config import PruneConfig, check_layer
 from .errors import AlreadyAppliedError, ConfigError, ConfigTypeError, InputError
 from .keep_plan import (
     KeepPlan,
@@ -361,6 +362,9 @@ class PruneHandle:
             if key_valid is not None and bool((~key_valid.gather(1, layout.positions)).any()):
                 raise InputError("some visual tokens are masked out as padding in attention_mask; check the inputs.")
             layout = protect_last_token(layout, key_valid, seq_len)
+        needs_grid = self._selector.needs_prior and self.adapter.blank_frame_needs_grid
+        if layout is not None and needs_grid and layout.grid is None:
+            raise InputError(mixed_frame_sizes(self.adapter.name))
         if layout is None:
             self.last = self._empty_record(batch, seq_len)
             return
@@ -817,12 +821,14 @@ def apply(model: nn.Module, config: PruneConfig | None = None, **overrides: Any)
             "this model already has sharp-prune applied; call handle.remove() before applying another config."
         )
     decoder = adapter.decoder(model)
-    num_layers = len(decoder.layers)
-    if not 1 <= config.layer <= num_layers - 1:
-        raise ConfigError(
-            f"PruneConfig.layer={config.layer} is outside [1, {num_layers - 1}] for this model "
-            f"({num_layers} decoder layers); pick K so that at least one layer runs before and after pruning."
-        )
+    check_layer(config.layer, len(decoder.layers), f"this {type(model).__name__}")
+    if config.posc_blank_token_id is not None:
+        vocab = model.get_input_embeddings().num_embeddings
+        if config.posc_blank_token_id >= vocab:
+            raise ConfigError(
+                f"PruneConfig.posc_blank_token_id={config.posc_blank_token_id} is outside this model's vocabulary "
+                f"(0..{vocab - 1}); pass the id of a pad or space token, e.g. tokenizer.pad_token_id."
+            )
     hf.warn_if_untested()
     handle = PruneHandle(model, config, adapter)  # checks the attention implementation; attaches nothing
     handle._attach()

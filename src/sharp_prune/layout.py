@@ -127,6 +127,17 @@ def frame_map_for_span(
 
     Token `start + f * tokens_per_frame + i` belongs to frame f; every other position is -1 (text).
     """
+    for name, value in (
+        ("seq_len", seq_len),
+        ("start", start),
+        ("num_frames", num_frames),
+        ("tokens_per_frame", tokens_per_frame),
+        ("batch_size", batch_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"frame_map_for_span: {name} must be an int, got {type(value).__name__} {value!r}.")
+    if batch_size < 1:
+        raise InputError(f"frame_map_for_span: batch_size must be >= 1, got {batch_size}.")
     end = start + num_frames * tokens_per_frame
     if start < 0 or num_frames < 1 or tokens_per_frame < 1 or end > seq_len:
         raise InputError(

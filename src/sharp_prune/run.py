@@ -29,8 +29,8 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
-from .cli_args import add_prune_arguments, positive_int
-from .config import PruneConfig
+from .cli_args import add_prune_arguments, output_dir, positive_int, torch_device
+from .config import PruneConfig, check_layer
 from .engine import apply
 from .errors import InputError, ModelLoadError, UnsupportedModelError
 from .processor_compat import processor_without_torchvision
@@ -179,6 +179,14 @@ def _load_config(model_id: str | Path) -> Any:
             f"cannot load a model config from {source!r} ({_first_line(err)}); pass a local checkpoint folder "
             "(config.json, weights, processor files) or a Hugging Face model id that is cached here or reachable."
         ) from err
+
+
+def check_layer_fits(model: str | Path | nn.Module, layer: int) -> None:
+    """K fits the model's text decoder, read from its config alone (no weights load): `ConfigError` if not."""
+    config = model.config if isinstance(model, nn.Module) else _load_config(model)
+    _model_class(config)  # a checkpoint of an unsupported family says so first
+    name = type(model).__name__ if isinstance(model, nn.Module) else repr(str(model))
+    check_layer(layer, config.get_text_config().num_hidden_layers, name)
 
 
 def _model_class(config: Any) -> type[nn.Module]:
@@ -379,6 +387,7 @@ def run(
         require_matplotlib()  # before the video and the model, not after the answer
         config = config.replace(record_scores=True)
     clip = read_video(video, num_frames)
+    check_layer_fits(model, config.layer)  # from the config alone: before the weights and --compare
     if isinstance(model, nn.Module):
         if processor is None:
             raise InputError("a loaded model needs its processor: pass processor=... as well.")
@@ -494,14 +503,20 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--compare", action="store_true", help="also answer without pruning and compare prefill")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="answer length limit (default 64)")
     parser.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: checkpoint's)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument(
+        "--device", type=torch_device, default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)"
+    )
     parser.add_argument("--attn", default=None, choices=ATTN_IMPLEMENTATIONS, help="attention implementation")
     parser.add_argument(
         "--prefill-repeats", type=positive_int, default=3, help="timed prefill forwards after a warm-up (default 3)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     parser.add_argument(
-        "--viz", type=Path, default=None, metavar="DIR", help="also draw the pruned prefill's pictures (PNG) into DIR"
+        "--viz",
+        type=output_dir,
+        default=None,
+        metavar="DIR",
+        help="also draw the pruned prefill's pictures (PNG) into DIR",
     )
     parser.set_defaults(func=run_command)
     return parser
@@ -510,24 +525,20 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace) -> int:
     """The `run` subcommand: run with the parsed options, print the table (or JSON); returns 0."""
     config = PruneConfig(method=args.method, retention=args.retention, layer=args.layer)
-    try:
-        result = run(
-            args.model,
-            args.video,
-            args.question,
-            config=config,
-            num_frames=args.frames,
-            compare=args.compare,
-            max_new_tokens=args.max_new_tokens,
-            dtype=args.dtype,
-            device=args.device,
-            attn_implementation=args.attn,
-            prefill_repeats=args.prefill_repeats,
-            viz_dir=getattr(args, "viz", None),
-        )
-    except ImportError as err:  # PyAV, matplotlib (or another optional dependency) missing
-        print(f"sharp-prune: error: {err}", file=sys.stderr)
-        return 2
+    result = run(
+        args.model,
+        args.video,
+        args.question,
+        config=config,
+        num_frames=args.frames,
+        compare=args.compare,
+        max_new_tokens=args.max_new_tokens,
+        dtype=args.dtype,
+        device=args.device,
+        attn_implementation=args.attn,
+        prefill_repeats=args.prefill_repeats,
+        viz_dir=getattr(args, "viz", None),
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

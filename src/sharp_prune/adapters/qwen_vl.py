@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import InputError
 from ..hf_protocol import ModelCall
 from ..layout import VisualLayout
-from .base import ModelAdapter, black_pixels, input_ids_or_raise
+from .base import ModelAdapter, black_pixels, input_ids_or_raise, mixed_frame_sizes
 
 
 def _frames_from_grids(
@@ -89,7 +89,7 @@ _BLACK = black_pixels((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 def blank_frame_qwen_vl(model: nn.Module, layout: VisualLayout, blank_token_id: int | None) -> torch.Tensor:
     """Vision tower + merger on one black temporal patch of the layout's grid: [h * w, D]."""
     if layout.grid is None:
-        raise InputError("qwen_vl: PosC needs every video of a batch at one frame size (grids differ).")
+        raise InputError(mixed_frame_sizes("qwen_vl"))
     vision = model.config.vision_config
     merge, patch, temporal = vision.spatial_merge_size, vision.patch_size, vision.temporal_patch_size
     h, w = layout.grid[0] * merge, layout.grid[1] * merge
@@ -113,6 +113,7 @@ QWEN2_VL = ModelAdapter(
     locate=locate_qwen_vl,
     position_layout="mrope",
     blank_frame=blank_frame_qwen_vl,
+    blank_frame_needs_grid=True,
 )
 
 QWEN2_5_VL = ModelAdapter(
@@ -122,4 +123,5 @@ QWEN2_5_VL = ModelAdapter(
     locate=locate_qwen_vl,
     position_layout="mrope",
     blank_frame=blank_frame_qwen_vl,
+    blank_frame_needs_grid=True,
 )

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from ..cli_args import comma_list
+from ..cli_args import comma_list, decoder_layer, fraction, output_dir, positive_int
+from ..config import check_layer
 from .report import plot_accuracy, print_table, write_json
 from .runner import ABLATIONS, DEFAULT_METHODS, BenchOptions, run_bench, smallest_layer
 from .task import ALL_QUESTION_TYPES, TaskConfig
@@ -29,21 +30,23 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Accuracy, agreement with the unpruned answer, KL, needle recall and prefill time ratio of "
         "every method at every retention and layer, measured in one process against the unpruned model.",
     )
-    parser.add_argument("--items", type=int, default=16, help="questions to ask (default 16)")
+    parser.add_argument("--items", type=positive_int, default=16, help="questions to ask (default 16)")
     parser.add_argument("--split", choices=("test", "validation"), default="test", help="seed set (tune on validation)")
     parser.add_argument("--methods", type=comma_list(str), default=DEFAULT_METHODS, help="comma-separated methods")
     parser.add_argument(
-        "--retentions", type=comma_list(float), default=(0.1, 0.2, 0.3), help="comma-separated (0.1,0.2,0.3)"
+        "--retentions", type=comma_list(fraction), default=(0.1, 0.2, 0.3), help="comma-separated (0.1,0.2,0.3)"
     )
     parser.add_argument(
-        "--layers", type=comma_list(int), default=(2,), help="comma-separated layers K to sweep (default 2)"
+        "--layers", type=comma_list(decoder_layer), default=(2,), help="comma-separated layers K to sweep (default 2)"
     )
     parser.add_argument(
         "--ablation", action="store_true", help=f"add ShaRP with one component off: {', '.join(ABLATIONS)}"
     )
-    parser.add_argument("--frames", type=int, default=TaskConfig.frames, help="frames per video (default 64)")
-    parser.add_argument("--tokens-per-frame", type=int, default=TaskConfig.tokens_per_frame, help="(default 32)")
-    parser.add_argument("--scenes", type=int, default=TaskConfig.scenes, help="scenes per video (default 4)")
+    parser.add_argument("--frames", type=positive_int, default=TaskConfig.frames, help="frames per video (default 64)")
+    parser.add_argument(
+        "--tokens-per-frame", type=positive_int, default=TaskConfig.tokens_per_frame, help="(default 32)"
+    )
+    parser.add_argument("--scenes", type=positive_int, default=TaskConfig.scenes, help="scenes per video (default 4)")
     parser.add_argument(
         "--question-types",
         type=comma_list(str),
@@ -51,8 +54,10 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="comma-separated, of colour,object,place,after (default colour,object,place; 'after' asks for order)",
     )
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="model dtype (default bf16)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="folder for bench.json and bench.png")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--out", type=output_dir, default=Path("outputs/bench"), help="folder for bench.json and bench.png"
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.set_defaults(func=bench_command)
     return parser
@@ -100,6 +105,11 @@ def validate(options: BenchOptions) -> None:
         )
     if options.task.frames % options.task.scenes:
         raise ValueError(f"--frames {options.task.frames} must be a multiple of --scenes {options.task.scenes}.")
+    from ..smollm2 import smollm2_config
+
+    num_layers = smollm2_config().num_hidden_layers  # the config only: no weights are read
+    for layer in options.layers:
+        check_layer(layer, num_layers, "SmolLM2-135M")
 
 
 def bench_command(args: argparse.Namespace) -> int:

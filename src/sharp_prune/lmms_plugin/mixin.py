@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import __version__
+from ..config import check_layer
 from ..engine import apply
-from ..errors import ConfigError, ModelLoadError, UnsupportedModelError
+from ..errors import ModelLoadError, UnsupportedModelError
 from .model_args import split_model_args
 from .stats import PrefillStats
 
@@ -77,10 +78,8 @@ def _precheck(pretrained: str, model_types: tuple[str, ...], layer: int, needs_t
         )
     text = getattr(config, "text_config", config)
     num_layers = getattr(text, "num_hidden_layers", None)
-    if num_layers is not None and not 1 <= layer <= num_layers - 1:
-        raise ConfigError(
-            f"layer={layer} is outside [1, {num_layers - 1}] for {pretrained!r} ({num_layers} decoder layers)."
-        )
+    if num_layers is not None:
+        check_layer(layer, num_layers, repr(pretrained))
     if needs_torchvision and not _torchvision_works():
         raise ModelLoadError(
             f"{model_type}'s processor and qwen-vl-utils need torchvision, which does not import here; install "

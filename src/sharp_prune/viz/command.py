@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..cli_args import add_prune_arguments, positive_int
+from ..cli_args import add_prune_arguments, output_dir, positive_int, torch_device
 from ..config import PruneConfig
 from ..errors import InputError
 from .figure import require_matplotlib
@@ -39,7 +39,7 @@ def add_viz_parser(subparsers: Any) -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", help="video file to run the model on (needs --model and --question)")
     source.add_argument("--bench", type=Path, metavar="RESULT.json", help="bench.json written by `sharp-prune bench`")
-    parser.add_argument("--out", type=Path, default=Path("outputs/viz"), help="folder for the PNGs (outputs/viz)")
+    parser.add_argument("--out", type=output_dir, default=Path("outputs/viz"), help="folder for the PNGs (outputs/viz)")
     parser.add_argument("--model", help="checkpoint folder or Hugging Face model id (with --video)")
     parser.add_argument("--question", help="the question to ask about the video (with --video)")
     add_prune_arguments(parser)
@@ -48,7 +48,9 @@ def add_viz_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-new-tokens", type=positive_int, default=32, help="answer length limit (default 32)")
     parser.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: checkpoint's)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument(
+        "--device", type=torch_device, default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)"
+    )
     parser.add_argument("--attn", default=None, choices=ATTN_IMPLEMENTATIONS, help="attention implementation")
     parser.set_defaults(func=viz_command)
     return parser
@@ -76,7 +78,7 @@ def visualise_video(
         (answer, the `PruneRecord`, {picture: path}).
     """
     from ..engine import apply
-    from ..run import build_inputs, generate_answer, inputs_on_model, load_model
+    from ..run import build_inputs, check_layer_fits, generate_answer, inputs_on_model, load_model
     from ..video import read_video
     from .write import write_all
 
@@ -85,6 +87,7 @@ def visualise_video(
         raise InputError("the question is empty; pass the question to ask about the video, e.g. 'What happens?'.")
     config = config.replace(record_scores=True)
     clip = read_video(video, num_frames)
+    check_layer_fits(model, config.layer)
     logger.info("loading %s", model)
     loaded, processor = load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
     inputs = inputs_on_model(build_inputs(processor, clip, question), loaded)
