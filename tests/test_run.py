@@ -246,3 +246,16 @@ def test_cli_run_prints_the_table(checkpoint, media, capsys):
     assert "4 of 36 frames" in out and " ms " in out
     with pytest.raises(SystemExit):
         parser.parse_args([*argv, "--frames", "0"])
+
+
+def test_a_layer_the_checkpoint_lacks_fails_before_the_weights_load(checkpoint, media, monkeypatch):
+    """`run --layer 99 --compare` used to fail only after loading the weights and answering unpruned."""
+    import sharp_prune.run as run_mod
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before K was checked")
+
+    monkeypatch.setattr(run_mod, "load_model", no_weights)
+    config = sp.PruneConfig(method="fastv", retention=0.2, layer=99)
+    with pytest.raises(sp.ConfigError, match=r"K=99 is outside \[1, 3\]"):
+        run(checkpoint, media["clip"], "What happens?", config=config, num_frames=4, compare=True)

@@ -126,7 +126,7 @@ def _remove_rope(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Undo `apply_rotary_pos_emb` (rotate-half convention): x = (y cos - rot(y) sin) / (cos^2 + sin^2)."""
     if rope is None:
-        raise RuntimeError("sharp-prune: no position embeddings seen at layer K-1, cannot remove RoPE.")
+        raise hf.protocol_error("decoder layer K-1 received no position embeddings, so RoPE cannot be removed")
     cos, sin = (t.unsqueeze(1).float() for t in rope)
     norm = cos * cos + sin * sin
 
@@ -142,7 +142,7 @@ def _remove_rope(
 def _checked_frame_map(frame_map: Any) -> torch.Tensor:
     """A declared frame map as a long tensor, or `InputError` saying what a frame map is."""
     what = "a frame map is an integer tensor [batch, seq_len]: each visual token's frame index (0, 1, ...), -1 for text"
-    if not isinstance(frame_map, torch.Tensor) or frame_map.ndim != 2:
+    if not isinstance(frame_map, torch.Tensor) or frame_map.ndim != 2 or 0 in frame_map.shape:
         shape = tuple(frame_map.shape) if isinstance(frame_map, torch.Tensor) else type(frame_map).__name__
         raise InputError(f"{what}; got {shape}. Build one with sp.frame_map_for_span(...).")
     if frame_map.dtype == torch.bool:
@@ -271,7 +271,7 @@ class PruneHandle:
             return self
         model = self._model_ref()
         if model is None:
-            raise RuntimeError("the model of this handle no longer exists.")
+            raise InputError("the model of this handle no longer exists (it was freed); apply to a live model.")
         existing = _APPLIED.get(model)
         if existing is not None and existing.active:
             raise AlreadyAppliedError("this model has another active sharp-prune handle; remove it first.")

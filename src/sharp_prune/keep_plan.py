@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .errors import ProtocolError
 from .layout import VisualLayout
 
 
@@ -83,11 +84,11 @@ def slice_mask(mask: Any, rows: torch.Tensor | None, cols: torch.Tensor) -> Any:
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"sharp-prune cannot slice an attention mask of type {type(mask).__name__}.")
+        raise ProtocolError(f"sharp-prune cannot slice an attention mask of type {type(mask).__name__}.")
     if mask.ndim == 2:
         return gather_along(mask, cols, dim=1)
     if mask.ndim != 4:
-        raise TypeError(f"sharp-prune cannot slice a {mask.ndim}-D attention mask.")
+        raise ProtocolError(f"sharp-prune cannot slice a {mask.ndim}-D attention mask.")
     if rows is not None:
         mask = gather_along(mask, rows, dim=2)
     return gather_along(mask, cols, dim=3)

@@ -8,6 +8,7 @@ safetensors so that later loads take about a second.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import shutil
@@ -42,6 +43,7 @@ def gguf_folder() -> Path:
     return folder
 
 
+@functools.lru_cache(maxsize=4)
 def smollm2_config(cache_dir: str | Path | None = DEFAULT_CACHE) -> PretrainedConfig:
     """SmolLM2's config without its weights (from the safetensors cache, else the GGUF header: about 3 s)."""
     cached = Path(cache_dir) if cache_dir is not None else None

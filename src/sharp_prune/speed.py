@@ -53,6 +53,7 @@ from . import hf_protocol as hf
 from .cli_args import comma_list, decoder_layer, fraction, nonnegative_int, output_dir, positive_int
 from .config import PruneConfig, check_layer
 from .engine import PruneHandle, apply
+from .errors import ConfigError
 from .layout import frame_map_for_span
 from .record import PruneRecord
 from .selectors import available_methods
@@ -120,31 +121,31 @@ class SpeedOptions:
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "retentions", tuple(float(r) for r in self.retentions))
         if self.shape not in SHAPES:
-            raise ValueError(f"unknown shape {self.shape!r}; choose one of {', '.join(SHAPES)}.")
+            raise ConfigError(f"unknown shape {self.shape!r}; choose one of {', '.join(SHAPES)}.")
         for name in ("frames", "tokens_per_frame", "repeats"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("prefix_tokens", "warmup"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.suffix_tokens < 1:
-            raise ValueError("suffix_tokens must be >= 1: ShaRP scores with the question after the video.")
+            raise ConfigError("suffix_tokens must be >= 1: ShaRP scores with the question after the video.")
         if self.scenes is not None and not 1 <= self.scenes <= self.frames:
-            raise ValueError(f"scenes must be in [1, frames={self.frames}], got {self.scenes}.")
+            raise ConfigError(f"scenes must be in [1, frames={self.frames}], got {self.scenes}.")
         known = set(available_methods()) | {CACHED}
         unknown = [m for m in self.methods if m not in known]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(sorted(known))}.")
+            raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(sorted(known))}.")
         if not self.retentions or not all(math.isfinite(r) and 0.0 < r <= 1.0 for r in self.retentions):
-            raise ValueError(f"retentions must be numbers in (0, 1], got {list(self.retentions)}.")
+            raise ConfigError(f"retentions must be numbers in (0, 1], got {list(self.retentions)}.")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}.")
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}.")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device cuda was asked for but torch sees no CUDA GPU; use --device cpu.")
+            raise ConfigError("device cuda was asked for but torch sees no CUDA GPU; use --device cpu.")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}.")
+            raise ConfigError(f"threads must be >= 1, got {self.threads}.")
         check_layer(self.layer, SHAPES[self.shape].config["num_hidden_layers"], f"the {self.shape} shape")
 
     @property

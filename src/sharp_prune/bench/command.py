@@ -15,6 +15,7 @@ import torch
 
 from ..cli_args import comma_list, decoder_layer, fraction, output_dir, positive_int
 from ..config import check_layer
+from ..errors import ConfigError
 from .report import plot_accuracy, print_table, write_json
 from .runner import ABLATIONS, DEFAULT_METHODS, BenchOptions, run_bench, smallest_layer
 from .task import ALL_QUESTION_TYPES, TaskConfig
@@ -91,20 +92,20 @@ def validate(options: BenchOptions) -> None:
     from .runner import method_config
 
     if options.items < 1:
-        raise ValueError(f"--items must be >= 1, got {options.items}.")
+        raise ConfigError(f"--items must be >= 1, got {options.items}.")
     if not options.retentions or not options.layers or not options.method_list():
-        raise ValueError("--methods, --retentions and --layers each need at least one value.")
+        raise ConfigError("--methods, --retentions and --layers each need at least one value.")
     for method in options.method_list():
         for retention in options.retentions:
             for layer in options.layers:
                 method_config(method, retention, layer)  # raises ConfigError on a bad name or value
     unknown = set(options.task.question_types) - set(ALL_QUESTION_TYPES)
     if unknown or not options.task.question_types:
-        raise ValueError(
+        raise ConfigError(
             f"--question-types must be a non-empty subset of {ALL_QUESTION_TYPES}, got {unknown or 'none'}."
         )
     if options.task.frames % options.task.scenes:
-        raise ValueError(f"--frames {options.task.frames} must be a multiple of --scenes {options.task.scenes}.")
+        raise ConfigError(f"--frames {options.task.frames} must be a multiple of --scenes {options.task.scenes}.")
     from ..smollm2 import smollm2_config
 
     num_layers = smollm2_config().num_hidden_layers  # the config only: no weights are read

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from ..errors import ConfigError
 from ..layout import VisualLayout
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ _REGISTRY: dict[str, type[Selector]] = {}
 def register_method(cls: type[Selector]) -> type[Selector]:
     """Class decorator: make `cls` available as `PruneConfig(method=cls.name)`."""
     if cls.query not in ("none", "last", "text"):
-        raise ValueError(f"{cls.__name__}.query must be 'none', 'last' or 'text', got {cls.query!r}.")
+        raise ConfigError(f"{cls.__name__}.query must be 'none', 'last' or 'text', got {cls.query!r}.")
     _REGISTRY[cls.name] = cls
     return cls
 
