@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import sharp_prune as sp
-from sharp_prune.bench.command import add_bench_parser, options_from_args
 from sharp_prune.bench.report import plot_accuracy
 from sharp_prune.bench.runner import BenchOptions, run_bench, smallest_layer
 from sharp_prune.bench.task import ALL_QUESTION_TYPES, TaskConfig, candidate_log_probs, make_item, make_items
+from sharp_prune.cli.bench import add_bench_parser, options_from_args
 
 SMALL = TaskConfig(frames=8, tokens_per_frame=24, scenes=4)
 

@@ -1,4 +1,4 @@
-"""Analytic prefill FLOPs (`sharp_prune.flops`) against torch's FlopCounterMode, and the formulas' properties."""
+"""Analytic prefill FLOPs (`sharp_prune.measure.flops`) against torch's FlopCounterMode, and their properties."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from transformers import Qwen2Config
 
 import sharp_prune as sp
-from sharp_prune.flops import (
+from sharp_prune.measure.flops import (
     PrefillLayout,
     SampleLayout,
     TextDims,

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from property_settings import property_settings
 
 import sharp_prune as sp
-from sharp_prune.bench.command import options_from_args as bench_options
 from sharp_prune.cli import build_parser, main
-from sharp_prune.speed import options_from_args as speed_options
+from sharp_prune.cli.bench import options_from_args as bench_options
+from sharp_prune.cli.speed import options_from_args as speed_options
 from sharp_prune.testing import tiny_causal_lm
 
 FIELDS = [f.name for f in dataclasses.fields(sp.PruneConfig)]

@@ -13,7 +13,7 @@ pytest.importorskip("lmms_eval")
 pytest.importorskip("av")
 
 import sharp_prune as sp  # noqa: E402
-from sharp_prune.lmms_plugin import MODELS, split_model_args  # noqa: E402
+from sharp_prune.integrations.lmms_eval import MODELS, split_model_args  # noqa: E402
 from sharp_prune.testing import synthetic_video, tiny_llava_onevision_checkpoint  # noqa: E402
 
 FRAMES = 8
@@ -161,7 +161,7 @@ def test_qwen_wrappers_say_they_need_torchvision_before_loading(registry, tmp_pa
     from config.json alone; where it does, that check passes and loading goes on to the (missing) weights."""
     from transformers import Qwen2VLConfig
 
-    from sharp_prune.lmms_plugin.mixin import _torchvision_works
+    from sharp_prune.integrations.lmms_eval.mixin import _torchvision_works
 
     folder = tmp_path / "qwen2-vl-config"
     Qwen2VLConfig(text_config={"num_hidden_layers": 4}).save_pretrained(folder)

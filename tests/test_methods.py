@@ -9,7 +9,7 @@ import torch
 from reference import reference_logits
 
 import sharp_prune as sp
-from sharp_prune.engine import _remove_rope
+from sharp_prune.engine.handle import _remove_rope
 from sharp_prune.testing import tiny_causal_lm, tiny_inputs, tiny_model
 
 BASELINES = [dict(method=m) for m in ("none", "random", "uniform", "fastv", "feather", "divprune")]

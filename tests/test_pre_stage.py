@@ -7,7 +7,7 @@ import torch
 from reference import reference_logits
 
 import sharp_prune as sp
-from sharp_prune.pre_stage import temporal_merge_keep
+from sharp_prune.steps.pre_stage import temporal_merge_keep
 from sharp_prune.testing import sample_of, tiny_inputs, tiny_model
 
 METHODS = ["none", "random", "uniform", "fastv", "feather", "divprune", "sharp"]

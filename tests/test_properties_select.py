@@ -24,14 +24,14 @@ from hypothesis import strategies as st
 from property_settings import property_settings
 
 import sharp_prune as sp
-from sharp_prune.keep_plan import build_keep_plan, decode_columns, slice_layer_inputs, slice_mask
-from sharp_prune.layout import VisualLayout
-from sharp_prune.posc import EPS, calibrate, frame_local_index, tile_blank_frame
-from sharp_prune.pre_stage import temporal_merge_keep
-from sharp_prune.regd import dedup_greedy, farthest_point_sampling, segment_registers
-from sharp_prune.segm import frame_descriptors, segment_attention, segment_frames
-from sharp_prune.selectors import SelectionInput, build_selector
-from sharp_prune.selectors.simple import uniform_indices
+from sharp_prune.methods import SelectionInput, build_selector
+from sharp_prune.methods.sharp.posc import EPS, calibrate, frame_local_index, tile_blank_frame
+from sharp_prune.methods.sharp.regd import dedup_greedy, farthest_point_sampling, segment_registers
+from sharp_prune.methods.sharp.segm import frame_descriptors, segment_attention, segment_frames
+from sharp_prune.methods.simple import uniform_indices
+from sharp_prune.steps.keep_plan import build_keep_plan, decode_columns, slice_layer_inputs, slice_mask
+from sharp_prune.steps.locate import VisualLayout
+from sharp_prune.steps.pre_stage import temporal_merge_keep
 
 METHODS = sp.available_methods()
 # Retention corners first: hypothesis draws sampled_from's early elements when shrinking.

@@ -158,7 +158,7 @@ def test_images_beside_video_are_kept_and_only_video_is_pruned(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from sharp_prune.run import load_model
+    from sharp_prune.models.loading import load_model
     from sharp_prune.testing import tiny_llava_onevision_checkpoint
 
     model, processor = load_model(tiny_llava_onevision_checkpoint(tmp_path / "ckpt"), device="cpu")

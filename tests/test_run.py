@@ -14,16 +14,10 @@ pytest.importorskip("av")
 
 import sharp_prune as sp  # noqa: E402
 from sharp_prune import video as video_mod  # noqa: E402
-from sharp_prune.processor_compat import _interpolate, _video_processor_base  # noqa: E402
-from sharp_prune.run import (  # noqa: E402
-    RunResult,
-    add_run_parser,
-    build_inputs,
-    format_result,
-    load_model,
-    load_processor,
-    run,
-)
+from sharp_prune.cli.run import add_run_parser, format_result  # noqa: E402
+from sharp_prune.models.loading import build_inputs, load_model, load_processor  # noqa: E402
+from sharp_prune.models.processors import _interpolate, _video_processor_base  # noqa: E402
+from sharp_prune.run import RunResult, run  # noqa: E402
 from sharp_prune.testing import (  # noqa: E402
     synthetic_video,
     tiny_causal_lm,
@@ -250,7 +244,7 @@ def test_cli_run_prints_the_table(checkpoint, media, capsys):
 
 def test_a_layer_the_checkpoint_lacks_fails_before_the_weights_load(checkpoint, media, monkeypatch):
     """`run --layer 99 --compare` used to fail only after loading the weights and answering unpruned."""
-    import sharp_prune.run as run_mod
+    import sharp_prune.run as run_mod  # `run` loads through the name it imported
 
     def no_weights(*args, **kwargs):
         raise AssertionError("the weights were loaded before K was checked")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sharp_prune.segm import frame_descriptors, segment_attention, segment_frames, segment_mask
+from sharp_prune.methods.sharp.segm import frame_descriptors, segment_attention, segment_frames, segment_mask
 
 
 def _scenes(lengths: list[int], dim: int = 32, noise: float = 0.05, seed: int = 0) -> torch.Tensor:

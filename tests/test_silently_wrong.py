@@ -15,7 +15,7 @@ import torch
 from reference import reference_logits
 
 import sharp_prune as sp
-from sharp_prune.segm import segment_mask
+from sharp_prune.methods.sharp.segm import segment_mask
 from sharp_prune.testing import PAD_ID, tiny_causal_lm, tiny_inputs, tiny_model
 
 LAYER = 2

@@ -18,15 +18,10 @@ import pytest
 import torch
 
 import sharp_prune
-from sharp_prune.speed import (
-    BASELINE,
-    LiveTensorBytes,
-    SpeedOptions,
-    add_speed_parser,
-    build_model,
-    build_prompt,
-    run_speed,
-)
+from sharp_prune.cli.speed import add_speed_parser
+from sharp_prune.measure.memory import LiveTensorBytes
+from sharp_prune.measure.shapes import build_model
+from sharp_prune.measure.speed import BASELINE, SpeedOptions, build_prompt, run_speed
 
 # one thread: the test machine is small and shared; OpenMP spinning on busy cores costs more than it gives
 TINY = dict(shape="tiny", frames=2, tokens_per_frame=4, warmup=1, repeats=2, device="cpu", threads=1)
@@ -73,16 +68,16 @@ def _check_payload(payload: dict, path: Path, options: SpeedOptions) -> None:
 
 
 def test_run_speed_writes_json_and_plot(tmp_path, monkeypatch, capsys):
-    # a stand-in for sharp_prune.flops, so that the FLOPs column and bound line are exercised
-    fake = types.ModuleType("sharp_prune.flops")
+    # a stand-in for sharp_prune.measure.flops, so that the FLOPs column and bound line are exercised
+    fake = types.ModuleType("sharp_prune.measure.flops")
 
     def prefill_flops(model, record, config):
         ratio = record.kept_len / record.seq_len
         return types.SimpleNamespace(ratio=ratio, reduction=1.0 - ratio)
 
     fake.prefill_flops = prefill_flops
-    monkeypatch.setitem(sys.modules, "sharp_prune.flops", fake)
-    monkeypatch.setattr(sharp_prune, "flops", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "sharp_prune.measure.flops", fake)
+    monkeypatch.setattr(sharp_prune.measure, "flops", fake, raising=False)
 
     options = SpeedOptions(**TINY, out=str(tmp_path / "speed"))
     payload = run_speed(options, progress=False)
@@ -152,8 +147,8 @@ def test_cli_parser_runs_the_benchmark(tmp_path, capsys):
     # one scene: every frame repeats the same tokens, so SegM finds a single segment
     assert {r["segments"] for r in payload["results"] if r["method"] == "sharp-cached"} == {1}
     assert "speed_tiny_cpu_fp32_3x4.png" in capsys.readouterr().out
-    # the real sharp_prune.flops, when present, fills the FLOPs column (else it is skipped, with the reason)
-    if importlib.util.find_spec("sharp_prune.flops") is not None:
+    # the real sharp_prune.measure.flops, when present, fills the FLOPs column (else it is skipped, with the reason)
+    if importlib.util.find_spec("sharp_prune.measure.flops") is not None:
         assert payload["flops"]["available"], payload["flops"]["errors"]
         assert all(r["flops_ratio"] > 0 for r in payload["results"])
     else:

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import sharp_prune as sp
-from sharp_prune.adapters.qwen_vl import locate_qwen_vl
 from sharp_prune.hf_protocol import read_model_call
-from sharp_prune.keep_plan import build_keep_plan, decode_columns, gather_along, slice_mask
-from sharp_prune.layout import VisualLayout
-from sharp_prune.scoring import attention_received
-from sharp_prune.selectors import SelectionInput, build_selector
-from sharp_prune.selectors.simple import uniform_indices
+from sharp_prune.methods import SelectionInput, build_selector
+from sharp_prune.methods.simple import uniform_indices
+from sharp_prune.models.qwen_vl import locate_qwen_vl
+from sharp_prune.steps.keep_plan import build_keep_plan, decode_columns, gather_along, slice_mask
+from sharp_prune.steps.locate import VisualLayout
+from sharp_prune.steps.score import attention_received
 from sharp_prune.testing import tiny_inputs, tiny_model
 
 

@@ -13,9 +13,9 @@ import torch
 
 import sharp_prune as sp
 from sharp_prune import viz
-from sharp_prune.posc import calibrate
+from sharp_prune.methods.sharp.posc import calibrate
+from sharp_prune.methods.sharp.segm import segment_frames
 from sharp_prune.record import PruneRecord
-from sharp_prune.segm import segment_frames
 from sharp_prune.testing import TinyVideo, tiny_inputs, tiny_model
 from sharp_prune.viz import grid as grid_mod
 from sharp_prune.viz import plots as plots_mod

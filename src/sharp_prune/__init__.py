@@ -7,9 +7,8 @@ handle.last.keep_positions                            # what continued past laye
 handle.remove()                                       # the model is as before
 """
 
-from .adapters import SUPPORTED_MODELS, ModelAdapter
 from .config import PruneConfig
-from .engine import PruneHandle, apply
+from .engine.handle import PruneHandle, apply
 from .errors import (
     AlreadyAppliedError,
     ConfigError,
@@ -21,9 +20,10 @@ from .errors import (
     UnsupportedModelError,
     VideoError,
 )
-from .layout import VisualLayout, frame_map_for_span
+from .methods import Selector, available_methods, register_method
+from .models import SUPPORTED_MODELS, ModelAdapter
 from .record import PruneRecord
-from .selectors import Selector, available_methods, register_method
+from .steps.locate import VisualLayout, frame_map_for_span
 
 __version__ = "0.1.0"
 

@@ -127,7 +127,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         # Imported here: the selector registry imports this module.
-        from .selectors import available_methods
+        from .methods import available_methods
 
         _check_type("method", self.method, str, "a method name (str)")
         if self.method not in available_methods():

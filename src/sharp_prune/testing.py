@@ -1,63 +1,31 @@
 """Tiny random-weight video LLMs of the real transformers classes, and inputs for them.
 
 Real classes and real code paths at toy sizes: for tests, for checking an integration without a GPU,
-and for timing shapes. Random weights give no meaningful attention.
+and for timing shapes. Random weights give no meaningful attention. Each family's tiny configuration lives
+in its entry (`sharp_prune.models.<family>`, `ModelAdapter.tiny`); these functions find it by name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (
-    LlavaOnevisionConfig,
-    LlavaOnevisionForConditionalGeneration,
-    PreTrainedModel,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedModel
+
+from .models import FAMILIES, GENERIC, resolve_adapter
+from .models.llava_onevision import tiny_siglip
+from .models.tiny import (
+    IMAGE_TOKEN_ID,
+    PAD_ID,
+    VIDEO_TOKEN_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+    VOCAB,
+    TinyVideo,
+    text_config,
 )
 
-VIDEO_TOKEN_ID = 251
-IMAGE_TOKEN_ID = 250
-VISION_START_ID = 252
-VISION_END_ID = 253
-PAD_ID = 0
-VOCAB = 256
-TINY_FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
-
-
-def _text_config(num_layers: int, rope: bool) -> dict:
-    config = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=32768,
-        bos_token_id=1,
-        eos_token_id=None,
-        pad_token_id=PAD_ID,
-    )
-    if rope:
-        config["rope_parameters"] = dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0)
-    return config
-
-
-def _tiny_siglip(image_size: int, patch_size: int) -> dict:
-    """A one-layer SigLIP vision config for tiny LLaVA-OneVision models."""
-    return dict(
-        model_type="siglip_vision_model",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
+TINY_FAMILIES = tuple(name for name, entry in FAMILIES.items() if entry.tiny is not None)
 
 
 def tiny_model(
@@ -67,112 +35,29 @@ def tiny_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> PreTrainedModel:
-    """A randomly initialised model of `family` ("llava_onevision", "qwen2_vl", "qwen2_5_vl"), in eval mode."""
-    torch.manual_seed(seed)
-    ids = dict(image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID)
-    if family == "llava_onevision":
-        config = LlavaOnevisionConfig(
-            text_config=dict(model_type="qwen2", **_text_config(num_layers, rope=False)),
-            vision_config=_tiny_siglip(image_size=32, patch_size=4),
-            image_token_index=IMAGE_TOKEN_ID,
-            video_token_index=VIDEO_TOKEN_ID,
-            vision_feature_select_strategy="full",
-            vision_feature_layer=-1,
-        )
-        cls = LlavaOnevisionForConditionalGeneration
-    elif family in ("qwen2_vl", "qwen2_5_vl"):
-        vision = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, depth=1, num_heads=2)
-        if family == "qwen2_vl":
-            vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
-            config_cls, cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
-        else:
-            vision.update(
-                hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=16, fullatt_block_indexes=[0]
-            )
-            config_cls, cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-        config = config_cls(
-            text_config=_text_config(num_layers, rope=True),
-            vision_config=vision,
-            vision_start_token_id=VISION_START_ID,
-            vision_end_token_id=VISION_END_ID,
-            **ids,
-        )
-    else:
+    """A randomly initialised model of `family` (one of `TINY_FAMILIES`), in eval mode."""
+    entry = FAMILIES.get(family)
+    if entry is None or entry.tiny is None:
         raise ValueError(f"unknown tiny family {family!r}; choose one of {TINY_FAMILIES}.")
-    config.text_config.bos_token_id = 1
-    config.text_config.eos_token_id = None
-    model = cls(config).to(dtype).eval()
-    model.set_attn_implementation(attn_implementation)
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = PAD_ID
-    return model
-
-
-@dataclass(frozen=True)
-class TinyVideo:
-    """Size of the synthetic video of each sample: frames, and tokens per frame side (Qwen-VL only:
-    LLaVA-OV's grid follows from its vision config)."""
-
-    frames: int = 4
-    grid: int = 4  # tokens per frame = grid * grid (after pooling / merging)
+    return entry.tiny.build(num_layers, attn_implementation, dtype, seed)
 
 
 def tiny_inputs(
     model: PreTrainedModel,
     prefix_lens: list[int],
     suffix_lens: list[int],
-    video: TinyVideo = TinyVideo(),
+    video: TinyVideo | None = None,
     padding_side: str = "left",
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Batch of `text prefix + video + text suffix` samples for a tiny model, padded on one side.
 
-    Every sample has the same video size; prefix and suffix lengths may differ per sample.
+    Every sample has the same video size (default `TinyVideo()`); prefix and suffix lengths may differ per sample.
     """
-    generator = torch.Generator().manual_seed(seed)
-    family = _family(model)
-    grid = llava_grid(model) if family == "llava_onevision" else video.grid
-    per_frame = grid * grid
-    # LLaVA-OV: F * s * s tokens + 1 newline; Qwen-VL: t temporal patches of (grid x grid) merged tokens.
-    n_video = video.frames * per_frame + (1 if family == "llava_onevision" else 0)
-    rows = []
-    for p, s in zip(prefix_lens, suffix_lens, strict=True):
-        prefix = torch.randint(3, 200, (p,), generator=generator)
-        suffix = torch.randint(3, 200, (s,), generator=generator)
-        rows.append(torch.cat([prefix, torch.full((n_video,), VIDEO_TOKEN_ID), suffix]))
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), PAD_ID)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        sl = slice(width - len(r), width) if padding_side == "left" else slice(0, len(r))
-        input_ids[i, sl] = r
-        attention_mask[i, sl] = 1
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-    b = len(rows)
-    if family == "llava_onevision":
-        size = model.config.vision_config.image_size
-        inputs["pixel_values_videos"] = torch.randn(b, video.frames, 3, size, size, generator=generator)
-    else:
-        merge = model.config.vision_config.spatial_merge_size
-        patch = model.config.vision_config.patch_size
-        temporal = model.config.vision_config.temporal_patch_size
-        h = w = grid * merge
-        patches = video.frames * h * w
-        inputs["pixel_values_videos"] = torch.randn(b * patches, 3 * temporal * patch * patch, generator=generator)
-        inputs["video_grid_thw"] = torch.tensor([[video.frames, h, w]] * b)
-        inputs["mm_token_type_ids"] = (input_ids == VIDEO_TOKEN_ID).int() * 2
-    return inputs
-
-
-def _family(model: PreTrainedModel) -> str:
-    name = type(model).__name__
-    if name.startswith("LlavaOnevision"):
-        return "llava_onevision"
-    if name.startswith("Qwen2_5_VL"):
-        return "qwen2_5_vl"
-    if name.startswith("Qwen2VL"):
-        return "qwen2_vl"
-    raise ValueError(f"no tiny inputs for {name}.")
+    entry = resolve_adapter(model)
+    if entry.tiny is None or entry.tiny.inputs is None:
+        raise ValueError(f"no tiny inputs for {type(model).__name__}.")
+    return entry.tiny.inputs(model, prefix_lens, suffix_lens, video or TinyVideo(), padding_side, seed)
 
 
 def llava_grid(model: PreTrainedModel) -> int:
@@ -183,15 +68,7 @@ def llava_grid(model: PreTrainedModel) -> int:
 
 def tiny_causal_lm(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0) -> PreTrainedModel:
     """A randomly initialised `LlamaForCausalLM` (GQA, RoPE) for the generic adapter."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(**_text_config(num_layers, rope=False))
-    model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation(attn_implementation)
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = PAD_ID
-    return model
+    return GENERIC.tiny.build(num_layers, attn_implementation, torch.float32, seed)
 
 
 def sample_of(inputs: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
@@ -235,7 +112,7 @@ def tiny_llava_onevision_checkpoint(
     first use) with `<image>` and `<video>` added; the model's vocabulary covers it. Vision: 32 x 32 frames,
     patch 4, so 16 video tokens per frame (+ 1 newline per video). The processor (image, video, chat
     template) is saved as transformers would save the real one, so `AutoProcessor` loads it where
-    torchvision is installed, and `sharp_prune.run.load_processor` everywhere.
+    torchvision is installed, and `sharp_prune.models.loading.load_processor` everywhere.
 
     Returns:
         `path`, ready for `from_pretrained`.
@@ -247,7 +124,7 @@ def tiny_llava_onevision_checkpoint(
     from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
     from transformers.utils import is_torchvision_available
 
-    from .processor_compat import accepting_processor_class, torch_video_processor_class
+    from .models.processors import accepting_processor_class, torch_video_processor_class
 
     folder = Path(path)
     if tokenizer_dir is None:
@@ -262,7 +139,7 @@ def tiny_llava_onevision_checkpoint(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     size, patch = 32, 4
-    text = _text_config(num_layers, rope=False)
+    text = text_config(num_layers, rope=False)
     text.update(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -273,7 +150,7 @@ def tiny_llava_onevision_checkpoint(
     torch.manual_seed(seed)
     config = LlavaOnevisionConfig(
         text_config=dict(model_type="qwen2", **text),
-        vision_config=_tiny_siglip(image_size=size, patch_size=patch),
+        vision_config=tiny_siglip(image_size=size, patch_size=patch),
         image_token_index=image_id,
         video_token_index=video_id,
         vision_feature_select_strategy="full",
@@ -339,3 +216,23 @@ def synthetic_video(
         for packet in stream.encode():
             container.mux(packet)
     return out
+
+
+__all__ = [
+    "IMAGE_TOKEN_ID",
+    "LLAVA_ONEVISION_CHAT_TEMPLATE",
+    "PAD_ID",
+    "TINY_FAMILIES",
+    "VIDEO_TOKEN_ID",
+    "VISION_END_ID",
+    "VISION_START_ID",
+    "VOCAB",
+    "TinyVideo",
+    "llava_grid",
+    "sample_of",
+    "synthetic_video",
+    "tiny_causal_lm",
+    "tiny_inputs",
+    "tiny_llava_onevision_checkpoint",
+    "tiny_model",
+]

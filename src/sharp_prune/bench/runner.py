@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..config import PruneConfig
-from ..engine import apply
+from ..engine.handle import apply
 from .task import Item, TaskConfig, candidate_log_probs, make_items
 
 DEFAULT_METHODS = ("random", "uniform", "fastv", "feather", "divprune", "sharp")

@@ -11,6 +11,7 @@ functions draw them with matplotlib's object API (the `viz` extra: pip install '
 
 from .bench import accuracy_curves, check_bench, load_bench
 from .data import FrameScores, SegmentTimeline, Trend, frame_scores, linear_trend, segment_timeline
+from .from_video import visualise_video
 from .grid import (
     OverlayPanel,
     as_frames,
@@ -49,6 +50,7 @@ __all__ = [
     "register_mask",
     "segment_timeline",
     "skipped",
+    "visualise_video",
     "write_all",
     "write_bench",
 ]

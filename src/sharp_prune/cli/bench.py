@@ -1,0 +1,182 @@
+"""The `sharp-prune bench` subcommand: options, progress bar, outputs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..bench.report import plot_accuracy, print_table, write_json
+from ..bench.runner import ABLATIONS, DEFAULT_METHODS, BenchOptions, run_bench, smallest_layer
+from ..bench.task import ALL_QUESTION_TYPES, TaskConfig
+from ..config import check_layer
+from ..errors import ConfigError
+from .args import comma_list, decoder_layer, fraction, output_dir, positive_int
+
+logger = logging.getLogger(__name__)
+
+
+def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `bench` on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="what pruning keeps: SmolLM2-135M on the captioned-video task, every method side by side",
+        description="Accuracy, agreement with the unpruned answer, KL, needle recall and prefill time ratio of "
+        "every method at every retention and layer, measured in one process against the unpruned model.",
+    )
+    parser.add_argument("--items", type=positive_int, default=16, help="questions to ask (default 16)")
+    parser.add_argument("--split", choices=("test", "validation"), default="test", help="seed set (tune on validation)")
+    parser.add_argument("--methods", type=comma_list(str), default=DEFAULT_METHODS, help="comma-separated methods")
+    parser.add_argument(
+        "--retentions", type=comma_list(fraction), default=(0.1, 0.2, 0.3), help="comma-separated (0.1,0.2,0.3)"
+    )
+    parser.add_argument(
+        "--layers", type=comma_list(decoder_layer), default=(2,), help="comma-separated layers K to sweep (default 2)"
+    )
+    parser.add_argument(
+        "--ablation", action="store_true", help=f"add ShaRP with one component off: {', '.join(ABLATIONS)}"
+    )
+    parser.add_argument("--frames", type=positive_int, default=TaskConfig.frames, help="frames per video (default 64)")
+    parser.add_argument(
+        "--tokens-per-frame", type=positive_int, default=TaskConfig.tokens_per_frame, help="(default 32)"
+    )
+    parser.add_argument("--scenes", type=positive_int, default=TaskConfig.scenes, help="scenes per video (default 4)")
+    parser.add_argument(
+        "--question-types",
+        type=comma_list(str),
+        default=TaskConfig.question_types,
+        help="comma-separated, of colour,object,place,after (default colour,object,place; 'after' asks for order)",
+    )
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="model dtype (default bf16)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--out", type=output_dir, default=Path("outputs/bench"), help="folder for bench.json and bench.png"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.set_defaults(func=bench_command)
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    task = replace(
+        TaskConfig(),
+        frames=args.frames,
+        tokens_per_frame=args.tokens_per_frame,
+        scenes=args.scenes,
+        question_types=args.question_types,
+    )
+    options = BenchOptions(
+        items=args.items,
+        split=args.split,
+        methods=args.methods,
+        retentions=args.retentions,
+        layers=args.layers,
+        ablation=args.ablation,
+        task=task,
+        dtype=args.dtype,
+        threads=args.threads,
+    )
+    validate(options)
+    return options
+
+
+def validate(options: BenchOptions) -> None:
+    """Reject bad options before the model loads."""
+    from ..bench.runner import method_config
+
+    if options.items < 1:
+        raise ConfigError(f"--items must be >= 1, got {options.items}.")
+    if not options.retentions or not options.layers or not options.method_list():
+        raise ConfigError("--methods, --retentions and --layers each need at least one value.")
+    for method in options.method_list():
+        for retention in options.retentions:
+            for layer in options.layers:
+                method_config(method, retention, layer)  # raises ConfigError on a bad name or value
+    unknown = set(options.task.question_types) - set(ALL_QUESTION_TYPES)
+    if unknown or not options.task.question_types:
+        raise ConfigError(
+            f"--question-types must be a non-empty subset of {ALL_QUESTION_TYPES}, got {unknown or 'none'}."
+        )
+    if options.task.frames % options.task.scenes:
+        raise ConfigError(f"--frames {options.task.frames} must be a multiple of --scenes {options.task.scenes}.")
+    from ..smollm2 import smollm2_config
+
+    num_layers = smollm2_config().num_hidden_layers  # the config only: no weights are read
+    for layer in options.layers:
+        check_layer(layer, num_layers, "SmolLM2-135M")
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    result = run_with_progress(options)
+    result["command"] = "sharp-prune " + shlex.join(sys.argv[1:]) if sys.argv else "sharp-prune bench"
+    print_table(result)
+    layers = smallest_layer(result["summary"])
+    if len(options.layers) > 1:
+        print(
+            "smallest K keeping >= 97% of unpruned accuracy at r=0.2: "
+            + ", ".join(f"{m} {k}" for m, k in layers.items())
+        )
+    result["smallest_layer_97_at_r0.2"] = layers
+    path = write_json(result, args.out / "bench.json")
+    print(f"wrote {path}")
+    if not args.no_plot:
+        try:
+            png = plot_accuracy(
+                result["summary"],
+                result["baseline"]["accuracy"],
+                args.out / "bench.png",
+                title=f"SmolLM2-135M, captioned video ({result['num_visual']} visual tokens)",
+            )
+            print(f"wrote {png}")
+        except ImportError:
+            print("matplotlib is not installed (pip install 'sharp-prune[viz]'): no plot", file=sys.stderr)
+    return 0
+
+
+def run_with_progress(options: BenchOptions) -> dict[str, Any]:
+    """Load SmolLM2 and run the benchmark with a progress bar."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ..smollm2 import load_smollm2
+
+    previous_threads = torch.get_num_threads()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    try:
+        dtype = torch.bfloat16 if options.dtype == "bf16" else torch.float32
+        model, tokenizer = load_smollm2(dtype=dtype)
+        started = time.perf_counter()
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task("bench", total=None)
+
+            def progress(done: int, total: int, what: str) -> None:
+                bar.update(task, completed=done, total=total, description=what)
+
+            result = run_bench(model, tokenizer, options, progress)
+        result["wall_s"] = time.perf_counter() - started
+        result["machine"] = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": options.dtype}
+        return result
+    finally:
+        torch.set_num_threads(previous_threads)

@@ -1,0 +1,1 @@
+"""Integrations with the tools users already run (lmms-eval)."""

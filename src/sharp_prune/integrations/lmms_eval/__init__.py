@@ -1,0 +1,60 @@
+"""lmms-eval plugin: pruned LLaVA-OneVision, Qwen2-VL and Qwen2.5-VL behind lmms-eval's own model wrappers.
+
+Installed with ``pip install 'sharp-prune[eval]'``, it registers three models through lmms-eval's entry-point
+group ``lmms_eval.models`` (no fork, nothing vendored):
+
+- ``sharp_llava_onevision``: lmms-eval's ``llava_hf`` (the Hugging Face LLaVA-OneVision path),
+- ``sharp_qwen2_vl``: lmms-eval's ``qwen2_vl``,
+- ``sharp_qwen2_5_vl``: lmms-eval's ``qwen2_5_vl``,
+
+each a subclass of the upstream wrapper that prunes with `sharp_prune.apply` right after the model loads and
+reads the pruning config from ``--model_args``::
+
+    python -m lmms_eval --model sharp_llava_onevision \\
+        --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,method=sharp,retention=0.2,layer=2 \\
+        --tasks videomme --batch_size 1 --output_path ./logs
+
+Per-sample kept-token counts, FLOPs and prefill times go to ``prune_log`` (see `stats.PrefillStats`).
+This module imports nothing heavy: lmms-eval reads the manifests below at start-up and imports the wrapper
+classes (one module per upstream wrapper) only when one of these models is asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .model_args import PLUGIN_OPTIONS, PluginOptions, split_model_args
+
+#: model id -> (simple class, chat class or None), as import paths.
+MODELS: dict[str, tuple[str, str | None]] = {
+    "sharp_llava_onevision": (
+        "sharp_prune.integrations.lmms_eval.llava_onevision.SharpLlavaOneVision",
+        "sharp_prune.integrations.lmms_eval.llava_onevision.SharpLlavaOneVisionChat",
+    ),
+    "sharp_qwen2_vl": ("sharp_prune.integrations.lmms_eval.qwen2_vl.SharpQwen2VL", None),
+    "sharp_qwen2_5_vl": (
+        "sharp_prune.integrations.lmms_eval.qwen2_5_vl.SharpQwen2_5_VL",
+        "sharp_prune.integrations.lmms_eval.qwen2_5_vl.SharpQwen2_5_VLChat",
+    ),
+}
+
+
+def manifests() -> list[Any]:
+    """lmms-eval entry point (group ``lmms_eval.models``): one `ModelManifest` per pruned model.
+
+    Like the upstream wrappers they extend, a model with a chat class resolves to it by default; lmms-eval's
+    ``--force_simple`` picks the simple one.
+    """
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return [
+        ModelManifest(
+            model_id=model_id,
+            simple_class_path=simple,
+            chat_class_path=chat,
+        )
+        for model_id, (simple, chat) in MODELS.items()
+    ]
+
+
+__all__ = ["MODELS", "PLUGIN_OPTIONS", "PluginOptions", "manifests", "split_model_args"]

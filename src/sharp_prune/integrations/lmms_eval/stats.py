@@ -1,0 +1,251 @@
+"""Per-sample pruning statistics of an lmms-eval run: kept tokens, FLOPs and prefill time of every request.
+
+One row per request (the first prefill after the request's visuals were read), written as JSONL while the
+run goes, plus a summary JSON rewritten after every `generate_until` call, both in `PluginOptions.log_dir`:
+
+    <log_dir>/<stamp>_<model>_rank<r>_samples.jsonl
+    <log_dir>/<stamp>_<model>_rank<r>_summary.json
+
+Rows carry lmms-eval's ``task``, ``split`` and ``doc_id``, so they join with lmms-eval's ``--log_samples``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ... import hf_protocol as hf
+from ...engine.handle import PruneHandle
+from ...measure.flops import prefill_flops
+from ...record import PruneRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleStats:
+    """What one request's prefill kept and cost.
+
+    Attributes:
+        task, split, doc_id: lmms-eval's request (None when the prefill came outside `generate_until`).
+        batch: samples in the prefill (the counts below are per sample).
+        visual_tokens: video tokens found (N); kept_visual_tokens: kept past layer K (B).
+        retained_fraction: B / N (1.0 without video).
+        seq_len, kept_len: the prefill's sequence length before and after layer K.
+        prefill_flops, unpruned_prefill_flops: text-decoder FLOPs of this prefill and of the same prefill
+            unpruned (`sharp_prune.measure.flops.prefill_flops`, "executed" convention; the vision tower is the same
+            either way and is not counted).
+        prefill_s: wall time of the prefill forward in seconds (transformers encodes the video before it);
+            None with ``prune_timing=false``.
+        error: why the request has no prefill (generation failed), else None.
+    """
+
+    task: str | None
+    split: str | None
+    doc_id: int | str | None
+    batch: int = 1
+    visual_tokens: int = 0
+    kept_visual_tokens: int = 0
+    retained_fraction: float = 1.0
+    seq_len: int = 0
+    kept_len: int = 0
+    prefill_flops: int = 0
+    unpruned_prefill_flops: int = 0
+    prefill_s: float | None = None
+    error: str | None = None
+
+
+def _is_prefill(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    return hf.read_model_call(hf.forward_parameters(module), args, kwargs).is_prefill
+
+
+class _Timer:
+    """Times one forward: CUDA events on GPU (no sync on the way in), `perf_counter` elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start_event = torch.cuda.Event(enable_timing=True)
+            self.end_event = torch.cuda.Event(enable_timing=True)
+            self.start_event.record()
+        else:
+            self.start = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            self.end_event.record()
+            self.end_event.synchronize()
+            return self.start_event.elapsed_time(self.end_event) / 1000.0
+        return time.perf_counter() - self.start
+
+
+class PrefillStats:
+    """Collects a `SampleStats` per request from forward hooks on `model` (pruned by `handle`).
+
+    Args:
+        model: the model `handle` prunes.
+        handle: its `PruneHandle` (the record of each prefill is `handle.last`).
+        log_dir: output folder (created on the first write).
+        model_id: name used in the file names (e.g. ``sharp_llava_onevision``).
+        rank: process rank (one pair of files per rank under data parallelism).
+        timing: time each prefill.
+        meta: extra JSON-able facts echoed in the summary (checkpoint, lmms-eval version, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        handle: PruneHandle,
+        log_dir: str | Path,
+        model_id: str,
+        rank: int = 0,
+        timing: bool = True,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.handle = handle
+        self.timing = timing
+        self.meta = dict(meta or {})
+        self.rows: list[SampleStats] = []
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        folder = Path(log_dir)
+        self.samples_path = folder / f"{stamp}_{model_id}_rank{rank}_samples.jsonl"
+        self.summary_path = folder / f"{stamp}_{model_id}_rank{rank}_summary.json"
+        self._written = 0
+        self._local = threading.local()  # the request a thread is running
+        self._hooks = [
+            model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.register_forward_hook(self._after, with_kwargs=True),
+        ]
+
+    # ------------------------------------------------------------------ request bookkeeping
+    def begin(self, task: str | None, split: str | None, doc_id: int | str | None) -> None:
+        """The next prefill belongs to this request (called when lmms-eval reads its visuals)."""
+        self._close_pending()
+        self._local.marked = True
+        self._local.pending = SampleStats(task=task, split=split, doc_id=doc_id, error="no prefill ran")
+
+    def _close_pending(self) -> None:
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:  # read but never prefilled: generation failed before the model ran
+            self.rows.append(pending)
+            self._local.pending = None
+
+    # ------------------------------------------------------------------ hooks
+    def _before(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not _is_prefill(module, args, kwargs):
+            return
+        pending = getattr(self._local, "pending", None)
+        if pending is None and getattr(self._local, "in_request", False) and getattr(self._local, "marked", False):
+            return  # a later forward of a request already counted (use_cache=False re-runs full prefills)
+        device = next(module.parameters()).device
+        self._local.timer = _Timer(device) if self.timing else None
+        self._local.timing_prefill = True
+
+    def _after(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        # The cache is filled by now: whether this was a prefill is what `_before` saw.
+        if not getattr(self._local, "timing_prefill", False):
+            return
+        self._local.timing_prefill = False
+        timer = self._local.timer
+        seconds = timer.stop() if timer is not None else None
+        pending = getattr(self._local, "pending", None)
+        row = pending if pending is not None else SampleStats(task=None, split=None, doc_id=None)
+        self._local.pending = None
+        self._fill(row, self.handle.last, seconds)
+        self.rows.append(row)
+
+    def _fill(self, row: SampleStats, record: PruneRecord | None, seconds: float | None) -> None:
+        row.error = None
+        row.prefill_s = seconds
+        if record is None:
+            return
+        row.batch = len(record.num_visual)
+        row.visual_tokens = int(record.num_visual[0]) if record.num_visual else 0
+        row.kept_visual_tokens = int(record.budget[0]) if record.budget else 0
+        row.retained_fraction = record.retained_fraction[0] if record.num_visual else 1.0
+        row.seq_len, row.kept_len = record.seq_len, record.kept_len
+        if row.visual_tokens:
+            report = prefill_flops(self.model, record)
+            row.prefill_flops, row.unpruned_prefill_flops = report.total, report.unpruned
+
+    # ------------------------------------------------------------------ output
+    def request_scope(self) -> _RequestScope:
+        """Context for one `generate_until` call: marks requests, writes rows and the summary at the end."""
+        return _RequestScope(self)
+
+    def flush(self) -> None:
+        """Append new rows to the JSONL file and rewrite the summary."""
+        self._close_pending()
+        self.samples_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.samples_path.open("a", encoding="utf-8") as fh:
+            for row in self.rows[self._written :]:
+                fh.write(json.dumps(asdict(row)) + "\n")
+        self._written = len(self.rows)
+        self.summary_path.write_text(json.dumps(self.summary(), indent=2) + "\n", encoding="utf-8")
+
+    def summary(self) -> dict[str, Any]:
+        """Totals and means over the rows so far, overall and per task (token and FLOP figures over the
+        requests with video)."""
+        tasks = sorted({r.task for r in self.rows if r.task is not None})
+        return {
+            **self.meta,
+            "config": self.handle.config.to_dict(),
+            **_aggregate(self.rows),
+            "per_task": {task: _aggregate([r for r in self.rows if r.task == task]) for task in tasks},
+            "samples_file": self.samples_path.name,
+        }
+
+    def remove(self) -> None:
+        """Detach the hooks (the rows stay)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+def _aggregate(rows: list[SampleStats]) -> dict[str, Any]:
+    ran = [r for r in rows if r.error is None]
+    video = [r for r in ran if r.visual_tokens > 0]
+    times = [r.prefill_s for r in ran if r.prefill_s is not None]
+    flops = sum(r.prefill_flops for r in video)
+    unpruned = sum(r.unpruned_prefill_flops for r in video)
+    return {
+        "requests": len(rows),
+        "failed": len(rows) - len(ran),
+        "with_video": len(video),
+        "mean_visual_tokens": statistics.fmean(r.visual_tokens for r in video) if video else None,
+        "mean_kept_visual_tokens": statistics.fmean(r.kept_visual_tokens for r in video) if video else None,
+        "mean_retained_fraction": statistics.fmean(r.retained_fraction for r in video) if video else None,
+        "prefill_tflops": flops / 1e12,
+        "unpruned_prefill_tflops": unpruned / 1e12,
+        "flops_reduction": 1.0 - flops / unpruned if unpruned else None,
+        "mean_prefill_s": statistics.fmean(times) if times else None,
+        "median_prefill_s": statistics.median(times) if times else None,
+    }
+
+
+class _RequestScope:
+    def __init__(self, stats: PrefillStats) -> None:
+        self.stats = stats
+
+    def __enter__(self) -> PrefillStats:
+        self.stats._local.in_request = True
+        self.stats._local.marked = False
+        return self.stats
+
+    def __exit__(self, *exc: object) -> None:
+        self.stats._local.in_request = False
+        self.stats.flush()
+
+
+__all__ = ["PrefillStats", "SampleStats"]

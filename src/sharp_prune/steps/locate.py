@@ -1,0 +1,149 @@
+"""Where the visual tokens are: `VisualLayout`, found by an adapter from one forward call's inputs.
+
+Step 1 of the data path (locate spans -> score -> select -> apply keep plan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class VisualLayout:
+    """Prunable visual tokens of a batch, in original sequence coordinates.
+
+    Every sample of a batch carries the same number N of prunable visual tokens (the engine keeps the
+    same budget per sample and a rectangular kept sequence).
+
+    Attributes:
+        positions: [b, N] long, sorted sequence positions (in the padded input) of the visual tokens.
+        frame_ids: [b, N] long, frame index (0-based, non-decreasing) of each visual token.
+        grid: (h, w) when each frame's tokens are an h x w raster (VLMs), else None.
+        span_end: [b] long, the last position of the video span, counting video tokens that are never pruned
+            (LLaVA-OV's trailing newline, a video token that ends the prompt); None: the last prunable one.
+            Text query rows are the text tokens after it.
+    """
+
+    positions: torch.Tensor
+    frame_ids: torch.Tensor
+    grid: tuple[int, int] | None = None
+    span_end: torch.Tensor | None = None
+
+    @property
+    def video_end(self) -> torch.Tensor:
+        """[b] last position of the video span (see `span_end`)."""
+        return self.positions[:, -1] if self.span_end is None else self.span_end
+
+    @property
+    def batch_size(self) -> int:
+        return self.positions.shape[0]
+
+    @property
+    def num_visual(self) -> int:
+        return self.positions.shape[1]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frame_ids.max().item()) + 1 if self.num_visual else 0
+
+    @classmethod
+    def from_frame_map(cls, frame_map: torch.Tensor, grid: tuple[int, int] | None = None) -> VisualLayout | None:
+        """Build a layout from a [b, L] map holding each visual token's frame index and -1 elsewhere.
+
+        Returns None when no sample has a visual token. Raises `InputError` when samples differ in their
+        number of visual tokens, or when frame indices are not non-decreasing along the sequence.
+        """
+        if frame_map.ndim != 2:
+            raise InputError(f"visual frame map must be [batch, seq_len], got shape {tuple(frame_map.shape)}.")
+        is_visual = frame_map >= 0
+        counts = is_visual.sum(dim=1).tolist()
+        if max(counts) == 0:
+            return None
+        if 0 in counts:
+            empty = [i for i, c in enumerate(counts) if c == 0]
+            raise InputError(
+                f"sample(s) {empty} of the batch carry no video tokens while others carry {max(counts)}; a batch is "
+                "pruned together, so run the text-only samples in a batch of their own (or without pruning)."
+            )
+        if len(set(counts)) != 1:
+            raise InputError(
+                f"every sample of a batch must carry the same number of video tokens to be pruned together, got "
+                f"{counts}; sample the same number of frames at the same size per video, or run the samples "
+                "one at a time."
+            )
+        b, n = frame_map.shape[0], counts[0]
+        # nonzero() walks rows in order, so positions come out sorted per sample.
+        positions = is_visual.nonzero()[:, 1].view(b, n)
+        frame_ids = frame_map.gather(1, positions)
+        if n > 1 and bool((frame_ids.diff(dim=1) < 0).any()):
+            raise InputError("frame indices of visual tokens must be non-decreasing along the sequence.")
+        return cls(positions=positions, frame_ids=frame_ids, grid=grid)
+
+
+def protect_last_token(layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int) -> VisualLayout | None:
+    """The layout without the prompt's last token when that token is a video token.
+
+    The last position yields the next-token logits (and `generate`'s first token): it is never pruned. It leaves
+    the prunable set and counts as part of the video span (`span_end`), so text-query scoring still sees no
+    text after the video. Returns None when no prunable token is left.
+
+    Raises `InputError` when some samples of the batch end in a video token and others do not (the samples
+    would keep different numbers of video tokens).
+    """
+    device = layout.positions.device
+    if key_valid is None:
+        last = torch.full((layout.batch_size,), seq_len - 1, device=device)
+    else:
+        last = torch.where(key_valid.to(device), torch.arange(seq_len, device=device), -1).max(dim=1).values
+    ends_in_video = layout.positions[:, -1] == last  # positions are sorted: only the last one can be it
+    count = int(ends_in_video.sum())
+    if count == 0:
+        return layout
+    if count != layout.batch_size:
+        rows = ends_in_video.nonzero().flatten().tolist()
+        raise InputError(
+            f"sample(s) {rows} of the batch end with a video token and the others do not; the last token is never "
+            "pruned (it gives the next-token logits), so those samples would keep one video token fewer. Put text "
+            "after the video in every sample (or in none), or run them separately."
+        )
+    if layout.num_visual == 1:
+        return None
+    return VisualLayout(
+        positions=layout.positions[:, :-1],
+        frame_ids=layout.frame_ids[:, :-1],
+        grid=layout.grid,
+        span_end=torch.maximum(layout.video_end, last),
+    )
+
+
+def frame_map_for_span(
+    seq_len: int, start: int, num_frames: int, tokens_per_frame: int, batch_size: int = 1
+) -> torch.LongTensor:
+    """[batch_size, seq_len] map for the generic adapter: frames laid out contiguously from `start`.
+
+    Token `start + f * tokens_per_frame + i` belongs to frame f; every other position is -1 (text).
+    """
+    for name, value in (
+        ("seq_len", seq_len),
+        ("start", start),
+        ("num_frames", num_frames),
+        ("tokens_per_frame", tokens_per_frame),
+        ("batch_size", batch_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"frame_map_for_span: {name} must be an int, got {type(value).__name__} {value!r}.")
+    if batch_size < 1:
+        raise InputError(f"frame_map_for_span: batch_size must be >= 1, got {batch_size}.")
+    end = start + num_frames * tokens_per_frame
+    if start < 0 or num_frames < 1 or tokens_per_frame < 1 or end > seq_len:
+        raise InputError(
+            f"span of {num_frames} frames x {tokens_per_frame} tokens from position {start} does not fit a "
+            f"sequence of {seq_len} tokens."
+        )
+    row = torch.full((seq_len,), -1, dtype=torch.long)
+    row[start:end] = torch.arange(num_frames).repeat_interleave(tokens_per_frame)
+    return row.unsqueeze(0).expand(batch_size, -1).clone()
