@@ -108,7 +108,7 @@ def test_model_args_split_into_config_plugin_options_and_upstream_args(tmp_path)
     kwargs = {
         "pretrained": "some/model",
         "max_frames_num": 32,
-        "method": "fastv",
+        "method": "sharp",
         "retention": 0.1,
         "layer": "3",  # strings as a Python caller might pass them
         "segm": "false",
@@ -117,12 +117,16 @@ def test_model_args_split_into_config_plugin_options_and_upstream_args(tmp_path)
         "prune_timing": False,
     }
     config, options, rest = split_model_args(kwargs, upstream=LlavaHf)
-    assert config == sp.PruneConfig(method="fastv", retention=0.1, layer=3, segm=False, regd_registers=None)
+    assert config == sp.PruneConfig(method="sharp", retention=0.1, layer=3, segm=False, regd_registers=None)
     assert options.log_dir == tmp_path and options.timing is False
     assert rest == {"pretrained": "some/model", "max_frames_num": 32}
     # defaults: ShaRP at r = 0.2, K = 2
     config, _, _ = split_model_args({})
     assert (config.method, config.retention, config.layer) == ("sharp", 0.2, 2)
+    # another method's fields: accepted with a deprecation, and ignored
+    with pytest.warns(DeprecationWarning, match=r"\['segm', 'regd_registers'\] belong to method\(s\) \['sharp'\]"):
+        config, _, _ = split_model_args({**kwargs, "method": "fastv"}, upstream=LlavaHf)
+    assert config == sp.PruneConfig(method="fastv", retention=0.1, layer=3)
 
 
 def test_model_args_typos_and_bad_values_are_named(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from reference import reference_logits
 
 import sharp_prune as sp
-from sharp_prune.engine.handle import _remove_rope
+from sharp_prune.steps.score import remove_rope
 from sharp_prune.testing import tiny_causal_lm, tiny_inputs, tiny_model
 
 BASELINES = [dict(method=m) for m in ("none", "random", "uniform", "fastv", "feather", "divprune")]
@@ -96,7 +96,7 @@ def test_feather_scores_without_rope():
         rotated = torch.cat((-x[..., 4:], x[..., :4]), dim=-1)
         return x * cos[:, None] + rotated * sin[:, None]
 
-    q_back, k_back = _remove_rope(rotate(q), rotate(k), (cos, sin))
+    q_back, k_back = remove_rope(rotate(q), rotate(k), (cos, sin))
     torch.testing.assert_close(q_back, q, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(k_back, k, atol=1e-5, rtol=1e-5)
 

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import sharp_prune as sp
+from sharp_prune.methods.diversity import farthest_point_sampling
 from sharp_prune.methods.sharp.posc import calibrate, frame_local_index, tile_blank_frame
-from sharp_prune.methods.sharp.regd import dedup_greedy, farthest_point_sampling, segment_registers
+from sharp_prune.methods.sharp.regd import dedup_greedy, segment_registers
 from sharp_prune.testing import tiny_causal_lm, tiny_inputs, tiny_model
 
 

@@ -24,11 +24,12 @@ from hypothesis import strategies as st
 from property_settings import property_settings
 
 import sharp_prune as sp
-from sharp_prune.methods import SelectionInput, build_selector
+from sharp_prune.methods import Selection, SelectionInput
+from sharp_prune.methods.diversity import farthest_point_sampling
 from sharp_prune.methods.sharp.posc import EPS, calibrate, frame_local_index, tile_blank_frame
-from sharp_prune.methods.sharp.regd import dedup_greedy, farthest_point_sampling, segment_registers
+from sharp_prune.methods.sharp.regd import dedup_greedy, segment_registers
 from sharp_prune.methods.sharp.segm import frame_descriptors, segment_attention, segment_frames
-from sharp_prune.methods.simple import uniform_indices
+from sharp_prune.methods.uniform import uniform_indices
 from sharp_prune.steps.keep_plan import build_keep_plan, decode_columns, slice_layer_inputs, slice_mask
 from sharp_prune.steps.locate import VisualLayout
 from sharp_prune.steps.pre_stage import temporal_merge_keep
@@ -146,6 +147,8 @@ class Case:
     inputs: SelectionInput
     config: sp.PruneConfig
     description: str
+    raw_scores: torch.Tensor | None = None  # before calibration (the engine calibrates against `prior`)
+    prior: torch.Tensor | None = None
 
 
 def _segments_for(draw: st.DrawFn, layout: VisualLayout, hidden: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -190,30 +193,28 @@ def selection_cases(draw: st.DrawFn, method: str | None = None) -> Case:
             regd_merge=draw(st.booleans()),
         )
     config = sp.PruneConfig(**knobs)
-    selector = build_selector(config)
     score_kind = draw(st.sampled_from(SCORE_KINDS))
     hidden_kind = draw(st.sampled_from(HIDDEN_KINDS))
     dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
     dim = draw(st.integers(1, 16))
-    scores = _random_matrix(score_kind, (b, n), gen) if selector.query != "none" else None
+    raw = _random_matrix(score_kind, (b, n), gen) if config.query != "none" else None
     hidden = _random_hidden(hidden_kind, b, n, dim, gen, dtype)
     prior = None
-    if selector.needs_prior:
+    if config.needs_prior:
         prior_kind = draw(st.sampled_from(["attention", "zeros", "equal", "same"]))
-        prior = scores.abs().clone() if prior_kind == "same" else _random_matrix(prior_kind, (b, n), gen).abs()
-    segments = _segments_for(draw, layout, hidden, gen) if selector.needs_segments else None
+        prior = raw.abs().clone() if prior_kind == "same" else _random_matrix(prior_kind, (b, n), gen).abs()
+    segments = _segments_for(draw, layout, hidden, gen) if config.needs_segments else None
     budget = config.budget(n)
     inputs = SelectionInput(
         layout=layout,
         budget=budget,
-        scores=scores,
-        hidden=hidden if selector.needs_hidden else None,
+        scores=config.calibrate(raw, prior) if prior is not None else raw,  # the engine's calibrate step
+        hidden=hidden if config.needs_hidden else None,
         config=config,
-        prior=prior,
         segments=segments,
     )
     description = f"{method} N={n} b={b} B={budget} scores={score_kind} hidden={hidden_kind}/{dtype}"
-    return Case(inputs=inputs, config=config, description=description)
+    return Case(inputs=inputs, config=config, description=description, raw_scores=raw, prior=prior)
 
 
 def _clone_input(inputs: SelectionInput) -> SelectionInput:
@@ -229,7 +230,6 @@ def _clone_input(inputs: SelectionInput) -> SelectionInput:
         scores=copy(inputs.scores),
         hidden=copy(inputs.hidden),
         config=inputs.config,
-        prior=copy(inputs.prior),
         segments=copy(inputs.segments),
     )
 
@@ -268,7 +268,7 @@ def test_budget_is_between_one_and_n_and_follows_the_formula(n: int, retention: 
 
 
 # ----------------------------------------------------------------------------- every selector
-def _check_structure(case: Case, selection: sp.selectors.Selection) -> None:
+def _check_structure(case: Case, selection: Selection) -> None:
     """Shape, order, range and dtype of a selection, plus the register and hidden-state contracts."""
     inputs = case.inputs
     b, n = inputs.layout.positions.shape
@@ -279,8 +279,6 @@ def _check_structure(case: Case, selection: sp.selectors.Selection) -> None:
     if budget > 1:
         assert bool((keep.diff(dim=1) > 0).all()), f"not strictly increasing: {case.description}"
     assert bool((keep >= 0).all()) and bool((keep < n).all()), case.description
-    if selection.scores is not None:
-        assert tuple(selection.scores.shape) == (b, n)
     if selection.hidden is not None:
         dim = inputs.hidden.shape[-1]
         assert tuple(selection.hidden.shape) == (b, budget, dim), case.description
@@ -290,7 +288,7 @@ def _check_structure(case: Case, selection: sp.selectors.Selection) -> None:
         assert tuple(selection.is_register.shape) == (b, budget)
 
 
-def _check_registers(case: Case, selection: sp.selectors.Selection) -> None:
+def _check_registers(case: Case, selection: Selection) -> None:
     """RegD's promises (docs/method.md, `segment_registers`), checked from the input tensors.
 
     A register sits at a dropped token of segment s (the middle one) and holds the mean of s's dropped
@@ -335,7 +333,7 @@ def _check_registers(case: Case, selection: sp.selectors.Selection) -> None:
             assert bool((cosine >= config.regd_delta - 5 * tol).all()), case.description
 
 
-def _check_choice(case: Case, selection: sp.selectors.Selection) -> None:
+def _check_choice(case: Case, selection: Selection) -> None:
     """Method-specific facts: what a top-B choice, a uniform stride or a content-blind draw must satisfy."""
     inputs, config = case.inputs, case.config
     method = config.method
@@ -348,8 +346,11 @@ def _check_choice(case: Case, selection: sp.selectors.Selection) -> None:
         if method == "fastv" or (method == "sharp" and (not config.regd or inputs.budget >= n)):
             scores = inputs.scores[row]
             if method == "sharp" and config.posc:
-                prior = inputs.prior[row]
-                scores = scores / (prior + EPS) if config.posc_mode == "divide" else scores - config.posc_lambda * prior
+                # calibrated as documented, from the raw scores and the prior
+                raw, prior = case.raw_scores[row], case.prior[row]
+                scores = raw / (prior + EPS) if config.posc_mode == "divide" else raw - config.posc_lambda * prior
+                assume(not bool(torch.isnan(scores).any()))
+                assert torch.equal(scores, inputs.scores[row]), case.description
             assume(not bool(torch.isnan(scores).any()))  # lambda * huge prior - huge score may overflow to nan
             if dropped:
                 assert float(scores[keep].min()) >= float(scores[dropped].max()), case.description
@@ -370,15 +371,15 @@ def test_every_selector_keeps_exactly_b_sorted_unique_in_range_and_is_determinis
     method: str, data: st.DataObject
 ) -> None:
     case = data.draw(selection_cases(method), label="case")
-    selector = build_selector(case.config)
+    selector = case.config.selector()
     before = _clone_input(case.inputs)
     first = selector.select(case.inputs)
     _check_structure(case, first)
     # the selector must not change its inputs in place (the engine reuses scores and hidden states)
-    for name in ("scores", "hidden", "prior", "segments"):
+    for name in ("scores", "hidden", "segments"):
         assert _same_tensors(getattr(before, name), getattr(case.inputs, name)), f"{name} changed in place"
     # same input and seed -> the same plan, from a fresh selector too
-    second = build_selector(case.config).select(_clone_input(case.inputs))
+    second = case.config.selector().select(_clone_input(case.inputs))
     for name in ("keep", "hidden", "is_register"):
         assert _same_tensors(getattr(first, name), getattr(second, name)), f"{name} differs on a rerun"
     _check_registers(case, first)
@@ -392,7 +393,7 @@ def test_a_batch_selects_as_its_samples_alone(method: str, data: st.DataObject) 
     """Row i of a batch's plan is the plan of sample i run alone (every selector works per sample)."""
     case = data.draw(selection_cases(method), label="case")
     inputs = case.inputs
-    whole = build_selector(case.config).select(inputs)
+    whole = case.config.selector().select(inputs)
     for row in range(inputs.layout.batch_size):
 
         def one(t: torch.Tensor | None, row: int = row) -> torch.Tensor | None:
@@ -404,10 +405,9 @@ def test_a_batch_selects_as_its_samples_alone(method: str, data: st.DataObject) 
             scores=one(inputs.scores),
             hidden=one(inputs.hidden),
             config=inputs.config,
-            prior=one(inputs.prior),
             segments=one(inputs.segments),
         )
-        alone = build_selector(case.config).select(single)
+        alone = case.config.selector().select(single)
         for name in ("keep", "hidden", "is_register"):
             assert _same_tensors(one(getattr(whole, name)), getattr(alone, name)), f"{name} of row {row}"
 
@@ -427,7 +427,7 @@ def test_content_blind_methods_ignore_scores_and_states(method: str, data: st.Da
         hidden=torch.randn(b, n, 4, generator=torch.Generator().manual_seed(b)),
         config=inputs.config,
     )
-    selector = build_selector(case.config)
+    selector = case.config.selector()
     assert torch.equal(selector.select(inputs).keep, selector.select(other).keep)
     if method == "random":
         # every sample draws from a generator seeded the same way: rows of one layout agree
@@ -442,7 +442,7 @@ def test_random_seed_changes_the_draw() -> None:
     for seed in range(5):
         config = sp.PruneConfig(method="random", retention=0.5, seed=seed)
         inputs = SelectionInput(layout=layout, budget=config.budget(200), scores=None, hidden=None, config=config)
-        plans.add(tuple(build_selector(config).select(inputs).keep[0].tolist()))
+        plans.add(tuple(config.selector().select(inputs).keep[0].tolist()))
     assert len(plans) == 5
 
 

@@ -95,19 +95,13 @@ def test_output_attentions_under_sharp_has_one_entry_per_layer_with_segm_weights
     inputs = tiny_inputs(model, [3], [4])
     seq_len = inputs["input_ids"].shape[1]
     config = sp.PruneConfig(method="sharp", retention=0.25, layer=LAYER, segm_tau=1.0, record_scores=True)
-    segment_map = {}
-
-    def keep_map(module, args, kwargs):
-        state = handle._prefill
-        if state is not None and state.segment_map is not None:
-            segment_map["map"] = state.segment_map.clone()
-
     handle = sp.apply(model, config)
-    hook = model.model.language_model.layers[0].register_forward_pre_hook(keep_map, with_kwargs=True)
     with torch.no_grad():
         out = model(**inputs, output_attentions=True)
-    hook.remove()
     handle.remove()
+    # SegM's map, rebuilt from the record: each video token's segment, -1 elsewhere
+    segment_map = {"map": torch.full((1, seq_len), -1, dtype=torch.long)}
+    segment_map["map"][0, handle.last.visual_positions[0]] = handle.last.segment_ids[0]
     kept = handle.last.kept_len
     assert [a.shape[-1] for a in out.attentions] == [seq_len, seq_len, kept, kept]
     allowed = segment_mask(segment_map["map"], None)[0, 0]

@@ -7,8 +7,8 @@ import torch
 
 import sharp_prune as sp
 from sharp_prune.hf_protocol import read_model_call
-from sharp_prune.methods import SelectionInput, build_selector
-from sharp_prune.methods.simple import uniform_indices
+from sharp_prune.methods import SelectionInput
+from sharp_prune.methods.uniform import uniform_indices
 from sharp_prune.models.qwen_vl import locate_qwen_vl
 from sharp_prune.steps.keep_plan import build_keep_plan, decode_columns, gather_along, slice_mask
 from sharp_prune.steps.locate import VisualLayout
@@ -75,7 +75,7 @@ def test_selectors_are_deterministic_and_exact(method):
     layout = _layout()
     scores = torch.rand(2, 32, generator=torch.Generator().manual_seed(0))
     config = sp.PruneConfig(method=method, retention=0.25, seed=7)
-    selector = build_selector(config)
+    selector = config.selector()
     inputs = SelectionInput(layout=layout, budget=8, scores=scores, hidden=None, config=config)
     first, second = selector.select(inputs).keep, selector.select(inputs).keep
     assert torch.equal(first, second)
@@ -88,7 +88,7 @@ def test_fastv_keeps_the_top_scores():
     layout = _layout(b=1)
     scores = torch.rand(1, 32, generator=torch.Generator().manual_seed(1))
     config = sp.PruneConfig(method="fastv")
-    keep = build_selector(config).select(SelectionInput(layout, 5, scores, None, config)).keep
+    keep = config.selector().select(SelectionInput(layout, 5, scores, None, config)).keep
     assert set(keep[0].tolist()) == set(scores[0].argsort(descending=True)[:5].tolist())
 
 
@@ -97,7 +97,7 @@ def test_random_depends_on_seed():
     picks = []
     for seed in (0, 1):
         config = sp.PruneConfig(method="random", seed=seed)
-        picks.append(build_selector(config).select(SelectionInput(layout, 20, None, None, config)).keep)
+        picks.append(config.selector().select(SelectionInput(layout, 20, None, None, config)).keep)
     assert not torch.equal(picks[0], picks[1])
 
 

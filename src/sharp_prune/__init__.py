@@ -7,8 +7,8 @@ handle.last.keep_positions                            # what continued past laye
 handle.remove()                                       # the model is as before
 """
 
-from .config import PruneConfig
-from .engine.handle import PruneHandle, apply
+from .config import PruneConfig, available_methods, config_for, register_method
+from .engine import PruneHandle, apply
 from .errors import (
     AlreadyAppliedError,
     ConfigError,
@@ -20,7 +20,16 @@ from .errors import (
     UnsupportedModelError,
     VideoError,
 )
-from .methods import Selector, available_methods, register_method
+from .methods import (  # importing the methods registers them
+    DivPruneConfig,
+    FastVConfig,
+    FeatherConfig,
+    NoneConfig,
+    RandomConfig,
+    Selector,
+    ShaRPConfig,
+    UniformConfig,
+)
 from .models import SUPPORTED_MODELS, ModelAdapter
 from .record import PruneRecord
 from .steps.locate import VisualLayout, frame_map_for_span
@@ -28,6 +37,14 @@ from .steps.locate import VisualLayout, frame_map_for_span
 __version__ = "0.1.0"
 
 __all__ = [
+    "DivPruneConfig",
+    "FastVConfig",
+    "FeatherConfig",
+    "NoneConfig",
+    "RandomConfig",
+    "ShaRPConfig",
+    "UniformConfig",
+    "config_for",
     "SUPPORTED_MODELS",
     "AlreadyAppliedError",
     "ConfigError",

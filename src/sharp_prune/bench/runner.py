@@ -16,22 +16,18 @@ from typing import Any
 
 import torch
 
-from ..config import PruneConfig
+from ..config import PruneConfig, ablations, config_for
 from ..engine.handle import apply
 from .task import Item, TaskConfig, candidate_log_probs, make_items
 
 DEFAULT_METHODS = ("random", "uniform", "fastv", "feather", "divprune", "sharp")
-ABLATIONS = {
-    "sharp-segm": {"segm": False},
-    "sharp-posc": {"posc": False},
-    "sharp-regd": {"regd": False},
-}
 
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """What `sharp-prune bench` runs. Method names: registered methods, plus "sharp-segm" (ShaRP with
-    SegM off), "sharp-posc" and "sharp-regd" for the ablation."""
+    """What `sharp-prune bench` runs. Method names: registered methods and their named variants
+    (`sharp_prune.config.variants()`: e.g. "sharp-segm", ShaRP with SegM off); `ablation` adds every method's
+    ablation variants."""
 
     items: int = 16
     split: str = "test"
@@ -44,15 +40,13 @@ class BenchOptions:
     threads: int | None = None
 
     def method_list(self) -> tuple[str, ...]:
-        extra = tuple(ABLATIONS) if self.ablation else ()
+        extra = ablations() if self.ablation else ()
         return tuple(dict.fromkeys(self.methods + extra))
 
 
 def method_config(name: str, retention: float, layer: int) -> PruneConfig:
-    """The `PruneConfig` of a bench method name (ablation names switch one ShaRP component off)."""
-    if name in ABLATIONS:
-        return PruneConfig(method="sharp", retention=retention, layer=layer, record_scores=True, **ABLATIONS[name])
-    return PruneConfig(method=name, retention=retention, layer=layer, record_scores=True)
+    """The `PruneConfig` of a bench method or variant name (ablation names switch one component off)."""
+    return config_for(name, retention=retention, layer=layer, record_scores=True)
 
 
 @dataclass

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from ..bench.report import plot_accuracy, print_table, write_json
-from ..bench.runner import ABLATIONS, DEFAULT_METHODS, BenchOptions, run_bench, smallest_layer
+from ..bench.runner import DEFAULT_METHODS, BenchOptions, run_bench, smallest_layer
 from ..bench.task import ALL_QUESTION_TYPES, TaskConfig
-from ..config import check_layer
+from ..config import ablations, check_layer
 from ..errors import ConfigError
 from .args import comma_list, decoder_layer, fraction, output_dir, positive_int
 
@@ -41,7 +41,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--layers", type=comma_list(decoder_layer), default=(2,), help="comma-separated layers K to sweep (default 2)"
     )
     parser.add_argument(
-        "--ablation", action="store_true", help=f"add ShaRP with one component off: {', '.join(ABLATIONS)}"
+        "--ablation", action="store_true", help=f"add each method with one component off: {', '.join(ablations())}"
     )
     parser.add_argument("--frames", type=positive_int, default=TaskConfig.frames, help="frames per video (default 64)")
     parser.add_argument(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..config import variants
 from ..hf_protocol import SUPPORTED_ATTENTION
 from ..measure import speed as speed_module
 from ..measure.shapes import SHAPES
-from ..measure.speed import BASELINE, CACHED, SPEED_DTYPES, SpeedOptions, run_speed
-from ..methods import available_methods
+from ..measure.speed import BASELINE, SPEED_DTYPES, SpeedOptions, run_speed
 from .args import comma_list, decoder_layer, fraction, nonnegative_int, output_dir, positive_int
 
 
@@ -78,7 +78,7 @@ def add_speed_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=comma_list(str),
         default=defaults.methods,
         help=f"comma-separated methods, timed against the unpruned baseline (default {','.join(defaults.methods)}; "
-        f"any of {', '.join(m for m in available_methods() if m != BASELINE)}, {CACHED})",
+        f"any of {', '.join(m for m in variants() if m != BASELINE)})",
     )
     parser.add_argument(
         "--retentions",

@@ -40,10 +40,9 @@ import torch
 from transformers import PreTrainedModel
 
 from .. import hf_protocol as hf
-from ..config import PruneConfig, check_layer
+from ..config import PruneConfig, check_layer, config_for, variants
 from ..engine.handle import PruneHandle, apply
 from ..errors import ConfigError
-from ..methods import available_methods
 from ..models.loading import DTYPES
 from ..record import PruneRecord
 from ..steps.locate import frame_map_for_span
@@ -54,8 +53,7 @@ from .speed_report import format_table, plot_speed
 from .timing import time_call
 
 BASELINE = "none"
-CACHED = "sharp-cached"
-DEFAULT_METHODS = ("fastv", "feather", "sharp", CACHED)
+DEFAULT_METHODS = ("fastv", "feather", "sharp", "sharp-cached")
 DEFAULT_RETENTIONS = (0.1, 0.2, 0.3)
 SPEED_DTYPES = ("bf16", "fp32")  # names in `sharp_prune.models.loading.DTYPES`
 
@@ -70,7 +68,8 @@ class SpeedOptions:
         prefix_tokens, suffix_tokens: text before the video and the question after it.
         scenes: None (every frame has its own random tokens) or S (frames repeat within S equal scenes).
         methods: in-LLM methods to time against the unpruned baseline (`none`, always run); names of
-            `available_methods()`, `sharp` (PosC prior per input) and `sharp-cached` (cached prior).
+            any method or named variant (`sharp_prune.config.variants()`: `sharp` with the PosC prior per input,
+            `sharp-cached` with the cached prior, ...).
         retentions: retention values r in (0, 1] for every method.
         layer: K, the first decoder layer that sees only the kept tokens.
         warmup, repeats: untimed and timed forwards per configuration.
@@ -118,7 +117,7 @@ class SpeedOptions:
             raise ConfigError("suffix_tokens must be >= 1: ShaRP scores with the question after the video.")
         if self.scenes is not None and not 1 <= self.scenes <= self.frames:
             raise ConfigError(f"scenes must be in [1, frames={self.frames}], got {self.scenes}.")
-        known = set(available_methods()) | {CACHED}
+        known = set(variants())
         unknown = [m for m in self.methods if m not in known]
         if unknown:
             raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(sorted(known))}.")
@@ -259,8 +258,7 @@ def _cases(options: SpeedOptions) -> list[_Case]:
         if method == BASELINE:
             continue
         for retention in options.retentions:
-            extra = {"method": "sharp", "posc_prior": "cached"} if method == CACHED else {"method": method}
-            config = PruneConfig(retention=retention, layer=options.layer, seed=options.seed, **extra)
+            config = config_for(method, retention=retention, layer=options.layer, seed=options.seed)
             cases.append(_Case(f"{method}@{retention:g}", method, retention, config))
     return cases
 
@@ -410,7 +408,12 @@ def _run(options: SpeedOptions, device: torch.device, say: Callable[[str], None]
             say("speed: inspection forward per configuration (kept tokens, memory, FLOPs)")
             for case in cases:
                 run(case, lambda c=case: _inspect(model, c, prompt, inputs, measure_cpu_memory))
-                if case.method == CACHED and case.info["layer0_calls"] != 1:
+                if (
+                    case.config is not None
+                    and case.config.needs_prior
+                    and not case.config.blank_pass_each_prefill
+                    and case.info["layer0_calls"] != 1
+                ):
                     say(f"speed: warning: {case.name} still ran the PosC prior pass; its cache was not reused")
             for r in range(options.repeats):
                 say(f"speed: timed repeat {r + 1}/{options.repeats}")
@@ -515,5 +518,3 @@ def _payload(
         },
         "results": results,
     }
-
-

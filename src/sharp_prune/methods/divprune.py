@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from .base import Selection, SelectionInput, Selector, register_method
-from .sharp.regd import farthest_point_sampling
+from ..config import PruneConfig, register_method
+from .base import Selection, SelectionInput, Selector
+from .diversity import farthest_point_sampling
 
 
-@register_method
 class DivPruneSelector(Selector):
     """Greedy max-min (farthest-point) selection on the hidden states entering layer K; no attention."""
-
-    name = "divprune"
-    needs_hidden = True
 
     def select(self, inputs: SelectionInput) -> Selection:
         rows = []
@@ -24,3 +23,22 @@ class DivPruneSelector(Selector):
             picks = farthest_point_sampling(unit, inputs.budget, kept=nothing, candidates=~nothing)
             rows.append(picks.sort().values)
         return Selection(keep=torch.stack(rows))
+
+
+@register_method
+@dataclass(frozen=True)
+class DivPruneConfig(PruneConfig):
+    """`divprune`: diversity only, no attention scores."""
+
+    method_name = "divprune"
+    selector_class = DivPruneSelector
+
+    method: str = "divprune"
+
+    @property
+    def needs_hidden(self) -> bool:
+        return True
+
+    def selection_flops(self, num_visual: int, budget: int, hidden_size: int, num_segments: int) -> int:
+        # farthest-point sampling: one N x D product per pick
+        return 2 * num_visual * hidden_size * budget

@@ -1,19 +1,28 @@
-"""Attention-based baselines: `fastv`."""
+"""`fastv` (Chen et al., 2024): keep the B visual tokens the last token attends to most at layer K-1."""
 
 from __future__ import annotations
 
-from .base import Selection, SelectionInput, Selector, register_method, top_k_sorted
+from dataclasses import dataclass
+
+from ..config import PruneConfig, register_method
+from .base import Selection, SelectionInput, Selector, top_k_sorted
+
+
+class FastVSelector(Selector):
+    def select(self, inputs: SelectionInput) -> Selection:
+        return Selection(keep=top_k_sorted(inputs.scores, inputs.budget))
 
 
 @register_method
-class FastVSelector(Selector):
-    """`fastv` (Chen et al., 2024): keep the B visual tokens the last token attends to most at layer K-1.
+@dataclass(frozen=True)
+class FastVConfig(PruneConfig):
+    """`fastv`: scores are the post-RoPE softmax attention of the last non-padding token, averaged over heads."""
 
-    Scores are post-RoPE softmax attention of the last non-padding token, averaged over heads.
-    """
+    method_name = "fastv"
+    selector_class = FastVSelector
 
-    name = "fastv"
-    query = "last"
+    method: str = "fastv"
 
-    def select(self, inputs: SelectionInput) -> Selection:
-        return Selection(keep=top_k_sorted(inputs.scores, inputs.budget), scores=inputs.scores)
+    @property
+    def query(self) -> str:
+        return "last"

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .base import Selection, SelectionInput, Selector, register_method
-from .simple import uniform_indices
+from ..config import PruneConfig, check_range, register_method
+from .base import Selection, SelectionInput, Selector
+from .uniform import uniform_indices
 
 
-@register_method
 class FeatherSelector(Selector):
-    """Keep a uniform stride (share `feather_uniform` of the budget) plus the top-scoring rest.
-
-    Scores are the last token's attention at layer K-1 with RoPE removed from q and k, which removes
-    FastV's bias towards the tokens nearest the question. Single-stage, matched budget.
-    """
-
-    name = "feather"
-    query = "last"
-    rope = False
+    """Keep a uniform stride (share `feather_uniform` of the budget) plus the top-scoring rest."""
 
     def select(self, inputs: SelectionInput) -> Selection:
         uniform_count = min(inputs.budget, round(self.config.feather_uniform * inputs.budget))
@@ -31,4 +25,33 @@ class FeatherSelector(Selector):
             if rest:
                 chosen[torch.topk(scores.masked_fill(chosen, -torch.inf), rest).indices] = True
             rows.append(chosen.nonzero().flatten())
-        return Selection(keep=torch.stack(rows), scores=inputs.scores)
+        return Selection(keep=torch.stack(rows))
+
+
+@register_method
+@dataclass(frozen=True)
+class FeatherConfig(PruneConfig):
+    """`feather`: the last token's attention at layer K-1 with RoPE removed from q and k (which removes FastV's
+    bias towards the tokens nearest the question), plus a uniform stride. Single-stage, matched budget.
+
+    Args:
+        feather_uniform: share of the budget taken by the uniform stride, in [0, 1].
+    """
+
+    method_name = "feather"
+    selector_class = FeatherSelector
+
+    method: str = "feather"
+    feather_uniform: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("feather_uniform", self.feather_uniform, 0.0, 1.0)
+
+    @property
+    def query(self) -> str:
+        return "last"
+
+    @property
+    def rope(self) -> bool:
+        return False

@@ -210,5 +210,3 @@ def generate_answer(model: nn.Module, processor: Any, inputs: dict[str, Any], ma
     with torch.no_grad():
         out = model.generate(**inputs, generation_config=config)
     return processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-
-

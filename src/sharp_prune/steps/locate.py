@@ -1,11 +1,12 @@
-"""Where the visual tokens are: `VisualLayout`, found by an adapter from one forward call's inputs.
-
-Step 1 of the data path (locate spans -> score -> select -> apply keep plan).
+"""Step "locate": where the video tokens are (`VisualLayout`, found by the model family's adapter from one
+forward call's inputs), and what follows from it before any layer runs (`Located`: the budget, the query rows
+that will score the video, padding).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -147,3 +148,98 @@ def frame_map_for_span(
     row = torch.full((seq_len,), -1, dtype=torch.long)
     row[start:end] = torch.arange(num_frames).repeat_interleave(tokens_per_frame)
     return row.unsqueeze(0).expand(batch_size, -1).clone()
+
+
+def checked_frame_map(frame_map: Any) -> torch.Tensor:
+    """A declared frame map (generic adapter) as a long tensor, or `InputError` saying what a frame map is."""
+    what = "a frame map is an integer tensor [batch, seq_len]: each visual token's frame index (0, 1, ...), -1 for text"
+    if not isinstance(frame_map, torch.Tensor) or frame_map.ndim != 2 or 0 in frame_map.shape:
+        shape = tuple(frame_map.shape) if isinstance(frame_map, torch.Tensor) else type(frame_map).__name__
+        raise InputError(f"{what}; got {shape}. Build one with sp.frame_map_for_span(...).")
+    if frame_map.dtype == torch.bool:
+        raise InputError(
+            f"{what}; got a bool mask, which cannot say which frame a token belongs to (False would read as frame "
+            "0). Use torch.where(mask, frame_index, -1), or sp.frame_map_for_span(...)."
+        )
+    if frame_map.is_floating_point() or frame_map.is_complex():
+        raise InputError(f"{what}; got dtype {frame_map.dtype}.")
+    frame_map = frame_map.long()
+    if frame_map.numel() and int(frame_map.min()) < -1:
+        raise InputError(f"{what}; got {int(frame_map.min())}, below -1.")
+    return frame_map
+
+
+def query_rows(
+    layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int, which: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[b, R] query positions and validity: the last real token, or every text token after the video."""
+    device = layout.positions.device
+    b = layout.batch_size
+    positions = torch.arange(seq_len, device=device).expand(b, -1)
+    valid = key_valid if key_valid is not None else torch.ones(b, seq_len, dtype=torch.bool, device=device)
+    if which == "last":
+        last = torch.where(valid, positions, -1).max(dim=1).values
+        return last[:, None], torch.ones(b, 1, dtype=torch.bool, device=device)
+    rows_mask = (positions > layout.video_end[:, None]) & valid
+    counts = rows_mask.sum(dim=1)
+    if int(counts.min()) == 0:
+        raise InputError(
+            "scoring with text queries needs at least one text token after the last video token in every "
+            "sample; put the question after the video, or use a method that scores with the last token."
+        )
+    width = int(counts.max())
+    # Stable sort puts each sample's query rows first, in order; pad with the last row, marked invalid.
+    order = torch.sort((~rows_mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    query_valid = torch.arange(width, device=device)[None, :] < counts[:, None]
+    return order, query_valid
+
+
+@dataclass(frozen=True)
+class Located:
+    """The video tokens of one prefill, in the coordinates of the sequence entering the decoder.
+
+    Attributes:
+        layout: the prunable video tokens and their frames.
+        seq_len: L, the padded length entering the decoder.
+        key_valid: [b, L] bool, False at padding (None: no padding mask).
+        budget: B, video slots per sample that continue past layer K.
+        query_index, query_valid: [b, R] the rows that score the video at K-1 (None: the method scores nothing).
+    """
+
+    layout: VisualLayout
+    seq_len: int
+    key_valid: torch.Tensor | None
+    budget: int
+    query_index: torch.Tensor | None = None
+    query_valid: torch.Tensor | None = None
+
+
+def locate(
+    layout: VisualLayout | None, key_valid: torch.Tensor | None, seq_len: int, budget_of: Any, query: str
+) -> Located | None:
+    """The `Located` of a prefill from the adapter's layout (None: nothing to prune).
+
+    Args:
+        layout: what the adapter found, or None.
+        key_valid: [b, L] False at padding, or None.
+        seq_len: L.
+        budget_of: the method's budget rule, N -> B.
+        query: the method's query rows ("none", "last", "text").
+    """
+    if layout is None:
+        return None
+    if key_valid is not None and bool((~key_valid.gather(1, layout.positions)).any()):
+        raise InputError("some visual tokens are masked out as padding in attention_mask; check the inputs.")
+    layout = protect_last_token(layout, key_valid, seq_len)
+    return None if layout is None else located_for(layout, key_valid, seq_len, budget_of, query)
+
+
+def located_for(
+    layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int, budget_of: Any, query: str
+) -> Located:
+    """`Located` of a layout: its budget, and the query rows for `query`."""
+    located = Located(layout=layout, seq_len=seq_len, key_valid=key_valid, budget=budget_of(layout.num_visual))
+    if query == "none":
+        return located
+    index, valid = query_rows(layout, key_valid, seq_len, query)
+    return replace(located, query_index=index, query_valid=valid)

@@ -1,4 +1,4 @@
-"""Step 2 of the data path: attention that query rows pay to every key, without an N x N matrix.
+"""Step "score": the attention the query rows pay to every video token at layer K-1, without an N x N matrix.
 
 Only the requested query rows are scored against all keys, in fp32, a few heads at a time.
 """
@@ -6,6 +6,8 @@ Only the requested query rows are scored against all keys, in fp32, a few heads 
 from __future__ import annotations
 
 import torch
+
+from .locate import Located
 
 # Upper bound on the fp32 elements of one [b, heads, rows, keys] logits chunk (~64 MB).
 _CHUNK_ELEMENTS = 16 * 1024 * 1024
@@ -65,3 +67,40 @@ def attention_received(
         total += probs.sum(dim=(1, 2))
     count = query_valid.sum(dim=1, keepdim=True).clamp(min=1).float() * num_heads
     return total / count
+
+
+def remove_rope(
+    query: torch.Tensor, key: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undo `apply_rotary_pos_emb` (rotate-half convention): x = (y cos - rot(y) sin) / (cos^2 + sin^2)."""
+    cos, sin = (t.unsqueeze(1).float() for t in rope)
+    norm = cos * cos + sin * sin
+
+    def unrotate(y: torch.Tensor) -> torch.Tensor:
+        y = y.float()
+        half = y.shape[-1] // 2
+        rotated = torch.cat((-y[..., half:], y[..., :half]), dim=-1)
+        return (y * cos - rotated * sin) / norm
+
+    return unrotate(query), unrotate(key)
+
+
+def score_video(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    located: Located,
+    scaling: float,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """[b, N] fp32 attention each video token receives from the query rows (RoPE removed first when `rope` given).
+
+    Args:
+        query: [b, H, L, d] post-RoPE queries of layer K-1; key: [b, H_kv, L, d] post-RoPE keys.
+        located: the prefill's video tokens and query rows.
+        scaling: the layer's softmax temperature.
+        rope: the layer's (cos, sin), to score without RoPE (FEATHER); None: post-RoPE (FastV, ShaRP).
+    """
+    if rope is not None:
+        query, key = remove_rope(query, key, rope)
+    scores = attention_received(query, key, located.query_index, located.query_valid, located.key_valid, scaling)
+    return scores.gather(1, located.layout.positions.to(scores.device))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...config import PruneConfig
+from ...config import PruneConfig, available_methods, config_class
 from ...errors import ConfigError, ConfigTypeError
 
 #: The plugin's own keys (besides every `PruneConfig` field).
@@ -22,7 +22,15 @@ PLUGIN_OPTIONS = {
 }
 
 _OPTIONAL = {"pre", "posc_blank_token_id", "regd_registers"}  # fields that accept None
-_CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(PruneConfig)}
+
+
+def _config_fields() -> dict[str, dataclasses.Field]:
+    """Every pruning field of every method (the `method` key picks whose apply)."""
+    fields: dict[str, dataclasses.Field] = {}
+    for method in available_methods():
+        for f in dataclasses.fields(config_class(method)):
+            fields.setdefault(f.name, f)
+    return fields
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ def _bool(name: str, value: Any) -> bool:
 
 def _coerce(name: str, value: Any) -> Any:
     """lmms-eval turns 'true'/'false' and numbers into Python values; Python callers may pass strings."""
-    default = _CONFIG_FIELDS[name].default
+    default = _config_fields()[name].default
     if name in _OPTIONAL and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
         return None
     if isinstance(default, bool):
@@ -78,10 +86,11 @@ def split_model_args(
     Returns:
         The validated `PruneConfig`, the `PluginOptions`, and the arguments left for the upstream wrapper.
     """
+    config_fields = _config_fields()
     config_args: dict[str, Any] = {}
     rest: dict[str, Any] = {}
     for key, value in kwargs.items():
-        if key in _CONFIG_FIELDS:
+        if key in config_fields:
             config_args[key] = _coerce(key, value)
         elif key not in PLUGIN_OPTIONS:
             rest[key] = value
@@ -95,14 +104,14 @@ def split_model_args(
         accepted = set(inspect.signature(upstream.__init__).parameters) - {"self", "args", "kwargs"}
         unknown = sorted(set(rest) - accepted)
         if unknown:
-            known = sorted(accepted | set(_CONFIG_FIELDS) | set(PLUGIN_OPTIONS))
+            known = sorted(accepted | set(config_fields) | set(PLUGIN_OPTIONS))
             hints = []
             for key in unknown:
                 close = difflib.get_close_matches(key, known, n=1)
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(
                 f"unknown model_args {', '.join(hints)}; pruning keys are the PruneConfig fields "
-                f"({', '.join(sorted(_CONFIG_FIELDS))}), plugin keys {', '.join(sorted(PLUGIN_OPTIONS))}, and "
+                f"({', '.join(sorted(config_fields))}), plugin keys {', '.join(sorted(PLUGIN_OPTIONS))}, and "
                 f"{upstream.__name__} takes {', '.join(sorted(accepted))}."
             )
     return config, options, rest

@@ -1,104 +1,189 @@
-"""`sharp`: ShaRP selection (calibrate -> dedup-greedy -> merge -> replenish -> registers).
+"""`sharp`: ShaRP (arXiv 2512.05385, specified in docs/method.md), one component per module.
 
-The engine has already applied SegM (segment-aware mask in layers < K) and, for PosC, computed the
-content-free prior; this selector turns scores, prior, segments and hidden states into B slots.
+- SegM (`segm.py`): scene segments of the frames, and segment-aware attention in layers 0..K-1;
+- PosC (`posc.py`): the content-free prior (a black frame in every video position) and the calibration;
+- RegD (`regd.py`): dedup-greedy, merge, farthest-point replenishment, per-segment registers.
+
+`ShaRPConfig` holds the fields of all three (each with an on/off switch), says what the engine must compute
+for them, what they cost, and the named variants (`sharp-cached`, and one ablation per component).
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import math
+from dataclasses import dataclass
+from typing import Any
 
-from ..base import Selection, SelectionInput, Selector, register_method
-from .posc import calibrate
-from .regd import dedup_greedy, farthest_point_sampling, segment_registers
+import torch
+
+from ...config import PruneConfig, check_choice, check_range, check_type, register_method
+from ...errors import ConfigError
+from . import posc, regd, segm
+from .select import ShaRPSelector
 
 
 @register_method
-class SharpSelector(Selector):
-    """ShaRP (arXiv 2512.05385) as specified in docs/method.md; each component has an on/off switch."""
+@dataclass(frozen=True)
+class ShaRPConfig(PruneConfig):
+    """ShaRP's fields; every constant is a default to sweep, not a truth.
 
-    name = "sharp"
+    Args:
+        sharp_query: "text" (every text token after the video scores) or "last" (the last token).
+        segm: segment-aware causal masking in layers 0..K-1. segm_tau: cut between frames whose descriptor
+            cosine is below it. segm_max_segments: cap on segments. segm_within: "causal" or "bidirectional"
+            attention inside a segment.
+        posc: positional bias calibration against a content-free (black-frame) prior. posc_lambda, posc_mode
+            ("subtract": s - lambda * b, "divide": s / (b + eps)), posc_prior ("per_input", or "cached": reuse
+            the prior of an identical token layout), posc_blank_token_id (generic adapter: the token whose
+            embedding stands for a blank frame; default the pad token).
+        regd: register token deduplication. regd_delta: cosine above which a token duplicates a kept one.
+            regd_rho: share of the selection taken by farthest-point sampling. regd_registers: registers
+            (default: one per segment, at most B // 8). regd_merge: kept tokens absorb the mean of their
+            duplicates.
+    """
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        self.query = config.sharp_query
-        self.segment_mask = config.segm
-        self.needs_prior = config.posc
-        self.needs_hidden = config.regd
-        self.needs_segments = config.segm or config.regd
+    method_name = "sharp"
+    selector_class = ShaRPSelector
+    variants = {
+        "sharp-cached": {"posc_prior": "cached"},
+        "sharp-segm": {"segm": False},
+        "sharp-posc": {"posc": False},
+        "sharp-regd": {"regd": False},
+    }
+    ablations = ("sharp-segm", "sharp-posc", "sharp-regd")
 
-    def select(self, inputs: SelectionInput) -> Selection:
-        config = self.config
-        scores = inputs.scores
-        if config.posc:
-            scores = calibrate(scores, inputs.prior, config.posc_mode, config.posc_lambda)
-        if not config.regd or inputs.budget >= inputs.layout.num_visual:
-            keep = torch.topk(scores, inputs.budget, dim=1).indices.sort(dim=1).values
-            return Selection(keep=keep, scores=scores)
-        keeps, states, registers = [], [], []
-        for row in range(scores.shape[0]):
-            keep, state, is_register = self._regd_one(
-                scores[row], inputs.hidden[row], inputs.segments[row], inputs.budget
-            )
-            keeps.append(keep)
-            states.append(state)
-            registers.append(is_register)
-        return Selection(
-            keep=torch.stack(keeps), scores=scores, hidden=torch.stack(states), is_register=torch.stack(registers)
-        )
+    method: str = "sharp"
+    sharp_query: str = "text"
+    segm: bool = True
+    segm_tau: float = 0.9
+    segm_max_segments: int = 8
+    segm_within: str = "causal"
+    posc: bool = True
+    posc_lambda: float = 1.0
+    posc_mode: str = "subtract"
+    posc_prior: str = "per_input"
+    posc_blank_token_id: int | None = None
+    regd: bool = True
+    regd_delta: float = 0.9
+    regd_rho: float = 0.2
+    regd_registers: int | None = None
+    regd_merge: bool = True
 
-    def _regd_one(
-        self, scores: torch.Tensor, hidden: torch.Tensor, segments: torch.Tensor, budget: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        config = self.config
-        n = scores.shape[0]
-        num_segments = int(segments.max()) + 1
-        wanted_registers = config.regd_registers if config.regd_registers is not None else num_segments
-        wanted_registers = min(wanted_registers, budget // 8)
-        selected_budget = budget - wanted_registers
-        replenish = round(config.regd_rho * selected_budget)
-        unit = F.normalize(hidden.float(), dim=-1)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("segm", "posc", "regd", "regd_merge"):
+            check_type(name, getattr(self, name), bool, "a bool")
+        check_choice("sharp_query", self.sharp_query, ("text", "last"))
+        check_choice("segm_within", self.segm_within, ("causal", "bidirectional"))
+        check_choice("posc_mode", self.posc_mode, posc.MODES)
+        check_choice("posc_prior", self.posc_prior, ("per_input", "cached"))
+        for name, low, high in (("segm_tau", -1.0, 1.0), ("regd_delta", -1.0, 1.0), ("regd_rho", 0.0, 1.0)):
+            check_range(name, getattr(self, name), low, high)
+        check_type("posc_lambda", self.posc_lambda, (int, float), "a number")
+        if not math.isfinite(self.posc_lambda) or self.posc_lambda < 0:
+            raise ConfigError(f"PruneConfig.posc_lambda={self.posc_lambda!r} must be a finite number >= 0.")
+        check_type("segm_max_segments", self.segm_max_segments, int, "an int")
+        if self.segm_max_segments < 1:
+            raise ConfigError(f"PruneConfig.segm_max_segments={self.segm_max_segments} must be >= 1.")
+        for name in ("posc_blank_token_id", "regd_registers"):
+            value = getattr(self, name)
+            if value is not None:
+                check_type(name, value, int, "an int or None")
+                if value < 0:
+                    raise ConfigError(f"PruneConfig.{name}={value} must be >= 0 (or None for the default).")
 
-        # 1. dedup-greedy by calibrated score
-        accepted, duplicate_of = dedup_greedy(scores, unit, selected_budget - replenish, config.regd_delta)
-        kept = torch.zeros(n, dtype=torch.bool, device=scores.device)
-        kept[accepted] = True
-        merged = duplicate_of >= 0
-        # 3. replenish by farthest-point sampling among tokens neither kept nor merged (then any left)
-        missing = selected_budget - int(kept.sum())
-        for pool in (~kept & ~merged, ~kept):
-            if missing <= 0:
-                break
-            picks = farthest_point_sampling(unit, missing, kept=kept, candidates=pool)
-            kept[picks] = True
-            missing -= picks.numel()
-        # 4. registers: per segment, the mean of what is still dropped; a shortfall goes to more picks
-        absorbed = merged if config.regd_merge else torch.zeros_like(merged)
-        while True:
-            dropped = ~kept & ~absorbed
-            slots, register_states = segment_registers(segments, dropped, hidden, wanted_registers)
-            short = budget - int(kept.sum()) - slots.numel()
-            if short <= 0:
-                break
-            picks = farthest_point_sampling(unit, short, kept=kept, candidates=~kept)
-            if picks.numel() == 0:
-                break
-            kept[picks] = True
+    # ------------------------------------------------------------------ what the engine computes for it
+    @property
+    def query(self) -> str:
+        return self.sharp_query
 
-        # 2. merge: kept tokens absorb the mean of their duplicates
-        states = hidden.clone()
-        merged = merged & ~kept  # a duplicate that replenishment picked stays itself
-        if config.regd_merge and bool(merged.any()):
-            owners = duplicate_of[merged]
-            totals = hidden.float().clone()
-            counts = torch.ones(n, device=hidden.device)
-            totals.index_add_(0, owners, hidden[merged].float())
-            counts.index_add_(0, owners, torch.ones(owners.numel(), device=hidden.device))
-            states = (totals / counts[:, None]).to(hidden.dtype)
-        is_register = torch.zeros(n, dtype=torch.bool, device=scores.device)
-        if slots.numel():
-            states[slots] = register_states
-            is_register[slots] = True
-        keep = (kept | is_register).nonzero().flatten()
-        return keep, states[keep], is_register[keep]
+    @property
+    def needs_hidden(self) -> bool:
+        return self.regd
+
+    @property
+    def needs_segments(self) -> bool:
+        return self.segm or self.regd
+
+    @property
+    def segment_mask(self) -> bool:
+        return self.segm
+
+    @property
+    def needs_prior(self) -> bool:
+        return self.posc
+
+    def check_model(self, model: Any) -> None:
+        if self.posc_blank_token_id is not None:
+            vocab = model.get_input_embeddings().num_embeddings
+            if self.posc_blank_token_id >= vocab:
+                raise ConfigError(
+                    f"PruneConfig.posc_blank_token_id={self.posc_blank_token_id} is outside this model's vocabulary "
+                    f"(0..{vocab - 1}); pass the id of a pad or space token, e.g. tokenizer.pad_token_id."
+                )
+
+    # ------------------------------------------------------------------ the steps it owns
+    def segment(self, visual_embeds: torch.Tensor, frame_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SegM's scene segments of one sample: ([N] segment id per visual token, [F-1] frame-to-frame cosine)."""
+        descriptors = segm.frame_descriptors(visual_embeds, frame_ids)
+        frame_segments = segm.segment_frames(descriptors, self.segm_tau, self.segm_max_segments)
+        return frame_segments[frame_ids], (descriptors[:-1] * descriptors[1:]).sum(dim=-1)
+
+    def attend_before_k(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        segment_map: torch.Tensor,
+        key_valid: torch.Tensor | None,
+        scaling: float,
+    ) -> torch.Tensor:
+        """SegM's attention of one layer < K, block by block ([b, L, H, d]; no L x L mask)."""
+        return segm.segment_attention(query, key, value, segment_map, key_valid, scaling, self.segm_within)
+
+    def dense_mask_before_k(self, segment_map: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+        """SegM's mask as [b, 1, L, L] bool, for implementations that materialise L x L weights anyway (eager)."""
+        return segm.segment_mask(segment_map, key_valid, self.segm_within)
+
+    def blank_embeddings(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        blank_frame: torch.Tensor,
+        frame_ids: torch.Tensor,
+        kept: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """PosC's content-free copy of the decoder's input (see `posc.blank_embeddings`)."""
+        return posc.blank_embeddings(embeds, positions, blank_frame, frame_ids, kept)
+
+    def prior_cache_key(self, **layout: Any) -> tuple | None:
+        """The key of a cached prior (`posc_prior="cached"`), or None: compute it on every prefill."""
+        return posc.layout_key(**layout) if self.posc_prior == "cached" else None
+
+    def calibrate(self, scores: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """PosC: scores minus (or divided by) the content-free prior."""
+        return posc.calibrate(scores, prior, self.posc_mode, self.posc_lambda)
+
+    # ------------------------------------------------------------------ what it costs
+    @property
+    def expected_segments(self) -> int:
+        return self.segm_max_segments if self.needs_segments else 1
+
+    @property
+    def blank_pass_each_prefill(self) -> bool:
+        return self.posc and self.posc_prior == "per_input"
+
+    def selection_flops(self, num_visual: int, budget: int, hidden_size: int, num_segments: int) -> int:
+        if not self.regd or budget >= num_visual:
+            return 0
+        registers = self.regd_registers if self.regd_registers is not None else num_segments
+        selected = budget - min(registers, budget // 8)
+        return regd.dedup_flops(num_visual, selected - round(self.regd_rho * selected), hidden_size)
+
+    def attention_pairs_before_k(self, valid: Any, visual: Any, segments: Any, ideal: bool) -> int | None:
+        if not self.segm:
+            return None
+        return segm.attention_pairs(valid, visual, segments, self.segm_within, ideal)
+
+
+__all__ = ["ShaRPConfig", "ShaRPSelector"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 EPS = 1e-6
+MODES = ("subtract", "divide")
 
 
 def calibrate(scores: torch.Tensor, prior: torch.Tensor, mode: str = "subtract", lam: float = 1.0) -> torch.Tensor:
@@ -48,3 +49,55 @@ def tile_blank_frame(
     if kept is not None:
         local = local.gather(1, kept)
     return blank_frame[local % blank_frame.shape[0]]
+
+
+def blank_embeddings(
+    embeds: torch.Tensor,
+    positions: torch.Tensor,
+    blank_frame: torch.Tensor,
+    frame_ids: torch.Tensor,
+    kept: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The content-free copy of the decoder's input: every visual token replaced by the black frame's token at
+    its place in its frame.
+
+    Args:
+        embeds: [b, L, D] input embeddings of the decoder (text unchanged).
+        positions: [b, N] positions of the visual tokens in `embeds`.
+        blank_frame: [P, D] features of one black frame (from the model family's vision tower).
+        frame_ids: [b, N0] frame ids of all the video's tokens (before any pre-LLM stage).
+        kept: [b, N] indices into those N0 of the tokens present (after a pre-LLM stage), or None (all).
+    """
+    blank = tile_blank_frame(blank_frame, frame_ids, kept)
+    return embeds.scatter(1, positions[..., None].expand_as(blank), blank.to(embeds.dtype))
+
+
+def layout_key(
+    seq_len: int,
+    grid: tuple[int, int] | None,
+    positions: torch.Tensor,
+    frame_ids: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    query_valid: torch.Tensor | None,
+    segments: torch.Tensor | None,
+    survivors: torch.Tensor | None,
+) -> tuple:
+    """What the cached prior (`posc_prior="cached"`) depends on: the token layout (and segments), not the content.
+
+    Every video position counts, not only the first (text may sit between frames), and so does the frame
+    grid (a 2 x 3 and a 3 x 2 grid have the same token counts but different blank frames and M-RoPE
+    positions); after the pre-LLM stage, so do the original positions of the survivors (their places).
+    """
+    rows = []
+    for row in range(positions.shape[0]):
+        valid = key_valid[row] if key_valid is not None else None
+        first_real = int(valid.nonzero()[0]) if valid is not None else 0
+        queries = int(query_valid[row].sum()) if query_valid is not None else 0
+        frames = tuple(torch.unique_consecutive(frame_ids[row], return_counts=True)[1].tolist())
+        segment_sizes = ()
+        if segments is not None:
+            segment_sizes = tuple(torch.unique_consecutive(segments[row], return_counts=True)[1].tolist())
+        shifted = tuple((positions[row] - first_real).tolist())
+        kept = tuple(survivors[row].tolist()) if survivors is not None else ()
+        rows.append((first_real, shifted, kept, frames, queries, segment_sizes))
+    return (seq_len, grid, tuple(rows))

@@ -3,8 +3,8 @@
 1. `dedup_greedy`: walk tokens by descending score; accept a token unless its hidden state has cosine
    > delta with an accepted one, in which case it is that token's duplicate.
 2. merge: an accepted token's hidden state becomes the mean of itself and its duplicates.
-3. `farthest_point_sampling`: a share of the budget goes to the tokens farthest (max-min cosine
-   distance) from everything kept.
+3. replenish: a share of the budget goes to the tokens farthest (max-min cosine distance) from everything
+   kept (`sharp_prune.methods.diversity.farthest_point_sampling`, shared with `divprune`).
 4. `segment_registers`: per segment, one register holding the mean of its remaining dropped tokens, at
    the position of the segment's middle dropped token.
 """
@@ -74,55 +74,6 @@ def dedup_greedy(
     return torch.tensor(accepted, dtype=torch.long, device=unit.device), duplicate_of
 
 
-def farthest_point_sampling(
-    unit: torch.Tensor, count: int, kept: torch.Tensor, candidates: torch.Tensor
-) -> torch.Tensor:
-    """Pick `count` candidates one by one, each the farthest (max-min cosine distance) from all kept.
-
-    Args:
-        unit: [N, D] L2-normalised hidden states.
-        count: how many to pick (fewer if candidates run out).
-        kept: [N] bool, tokens already kept (distances are measured to them). May be all False: the
-            first pick is then the token least similar to the mean of the candidates.
-        candidates: [N] bool, tokens that may be picked.
-
-    Returns:
-        [P] picked indices in pick order.
-
-    Similarities stay in fp32: in bf16 many distances tie, and ties go to the lowest index, which would
-    bias picks towards early frames.
-    """
-    unit = unit.float()
-    candidates = candidates.clone()
-    picks: list[int] = []
-    if bool(kept.any()):
-        nearest = _nearest_similarity(unit, unit[kept])
-    else:
-        nearest = torch.full((unit.shape[0],), -2.0, device=unit.device)
-        if count > 0 and bool(candidates.any()):
-            centre = unit[candidates].mean(dim=0)
-            first = int(torch.where(candidates, unit @ centre, torch.inf).argmin())
-            picks.append(first)
-            candidates[first] = False
-            nearest = unit @ unit[first]
-    while len(picks) < count and bool(candidates.any()):
-        # farthest = lowest max-similarity; ties -> lowest index
-        j = int(torch.where(candidates, nearest, torch.inf).argmin())
-        picks.append(j)
-        candidates[j] = False
-        nearest = torch.maximum(nearest, unit @ unit[j])
-    return torch.tensor(picks, dtype=torch.long, device=unit.device)
-
-
-def _nearest_similarity(unit: torch.Tensor, others: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """[N] max cosine of each row of `unit` with `others`, in column blocks: memory N x block, not N x M
-    (M = kept tokens, a fixed share of N, so N x M would grow quadratically with the video)."""
-    nearest = torch.full((unit.shape[0],), -2.0, device=unit.device)
-    for start in range(0, others.shape[0], block):
-        nearest = torch.maximum(nearest, (unit @ others[start : start + block].T).max(dim=1).values)
-    return nearest
-
-
 def segment_registers(
     segments: torch.Tensor, dropped: torch.Tensor, hidden: torch.Tensor, max_registers: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,3 +101,14 @@ def segment_registers(
     slots = torch.stack([members[(members.numel() - 1) // 2] for _, _, members in chosen])
     states = torch.stack([hidden[members].float().mean(dim=0).to(hidden.dtype) for _, _, members in chosen])
     return slots, states
+
+
+def dedup_flops(num_visual: int, greedy: int, hidden_size: int, block: int = 256) -> int:
+    """Matmul FLOPs of `dedup_greedy` accepting about `greedy` tokens (few duplicates visited), plus the one
+    N x accepted product farthest-point sampling starts from (its per-pick N x D products are matrix-vector
+    products, which FlopCounterMode does not count)."""
+    block = min(block, num_visual)
+    blocks = -(-greedy // block) if block else 0
+    total = 2 * hidden_size * block * block * blocks  # each block's own block x block product
+    total += 2 * hidden_size * block * sum(min(greedy, b * block) for b in range(1, blocks))  # against earlier
+    return total + 2 * num_visual * hidden_size * greedy

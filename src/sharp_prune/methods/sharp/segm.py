@@ -167,3 +167,50 @@ def segment_mask(segment_map: torch.Tensor, key_valid: torch.Tensor | None, with
         allowed = allowed & key_valid.bool()[:, None, :]
     allowed = allowed | torch.eye(length, dtype=torch.bool, device=segment_map.device)
     return allowed[:, None]
+
+
+def _triangle(n: int) -> int:
+    return n * (n + 1) // 2
+
+
+def attention_pairs(
+    valid: torch.Tensor, visual: torch.Tensor, segments: torch.Tensor | None, within: str, ideal: bool
+) -> int:
+    """(query, key) pairs of one layer < K under SegM, for one sample, as `segment_attention` runs it.
+
+    Args:
+        valid: [L] bool, False at padding.
+        visual: [N] sorted positions of the visual tokens.
+        segments: [N] segment ids (None: one segment).
+        within: "causal" or "bidirectional".
+        ideal: count only the pairs the mask allows (else what the kernels execute: text rows against every key
+            through a small mask, and one stacked [prompt; segment] block per segment).
+    """
+    length, n = valid.numel(), visual.numel()
+    is_text = torch.ones(length, dtype=torch.bool)
+    is_text[visual] = False
+    text_valid = is_text & valid
+    text_upto = text_valid.long().cumsum(0)  # real non-visual tokens at positions <= p
+    segments = segments if segments is not None else torch.zeros(n, dtype=torch.long)
+    sizes = torch.unique_consecutive(segments, return_counts=True)[1].tolist()
+    if ideal:
+        # text rows: every real key up to themselves; visual rows: the real text before them plus their
+        # segment (up to themselves when causal).
+        real_upto = valid.long().cumsum(0)
+        pairs = int(real_upto[text_valid].sum())
+        pairs += int(text_upto[visual].sum())
+        if within == "causal":
+            return pairs + sum(_triangle(size) for size in sizes)
+        return pairs + sum(size * size for size in sizes)
+    pairs = (length - n) * length  # text (and padding) rows against every key, through a small mask
+    start = 0
+    for size in sizes:
+        first, last = int(visual[start]), int(visual[start + size - 1])
+        start += size
+        if int(text_upto[last] - text_upto[first]) > 0:
+            # text inside the segment: its rows against [text up to its end; the segment], masked
+            pairs += size * (int(text_upto[last]) + size)
+        else:
+            # the usual layout: one stacked [prompt; segment] block, square
+            pairs += (int(text_upto[first]) + size) ** 2
+    return pairs

@@ -1,40 +1,13 @@
-"""Content-blind baselines: `none`, `random`, `uniform`."""
+"""`uniform`: an even spatial-temporal stride, blind to content."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .base import Selection, SelectionInput, Selector, register_method
-
-
-@register_method
-class KeepAll(Selector):
-    """`none`: the engine runs (hooks, scoring off) but every visual token continues."""
-
-    name = "none"
-
-    def select(self, inputs: SelectionInput) -> Selection:
-        b, n = inputs.layout.positions.shape
-        return Selection(keep=torch.arange(n, device=inputs.layout.positions.device).expand(b, n).clone())
-
-
-@register_method
-class RandomSelector(Selector):
-    """`random`: B tokens drawn uniformly without replacement, seeded per sample by `config.seed`.
-
-    Every sample uses a generator seeded the same way, so a batch gives the plans of its samples
-    run one at a time.
-    """
-
-    name = "random"
-
-    def select(self, inputs: SelectionInput) -> Selection:
-        b, n = inputs.layout.positions.shape
-        rows = []
-        for _ in range(b):
-            generator = torch.Generator().manual_seed(self.config.seed)
-            rows.append(torch.randperm(n, generator=generator)[: inputs.budget].sort().values)
-        return Selection(keep=torch.stack(rows).to(inputs.layout.positions.device))
+from ..config import PruneConfig, register_method
+from .base import Selection, SelectionInput, Selector
 
 
 def uniform_indices(frame_ids: torch.Tensor, budget: int) -> torch.Tensor:
@@ -76,12 +49,18 @@ def uniform_indices(frame_ids: torch.Tensor, budget: int) -> torch.Tensor:
     return torch.tensor(picked, dtype=torch.long, device=frame_ids.device)
 
 
-@register_method
 class UniformSelector(Selector):
-    """`uniform`: an even spatial-temporal stride, blind to content."""
-
-    name = "uniform"
-
     def select(self, inputs: SelectionInput) -> Selection:
         rows = [uniform_indices(frame_ids, inputs.budget) for frame_ids in inputs.layout.frame_ids]
         return Selection(keep=torch.stack(rows))
+
+
+@register_method
+@dataclass(frozen=True)
+class UniformConfig(PruneConfig):
+    """`uniform`: a content-blind baseline."""
+
+    method_name = "uniform"
+    selector_class = UniformSelector
+
+    method: str = "uniform"

@@ -1,0 +1,143 @@
+"""What one forward call of a pruned model does, as an object the hooks hand control to.
+
+The handle's hooks do nothing themselves: at each point the forward reaches (the model's call, the text
+decoder's call, every attention call of layers < K, the calls of layers K..L-1, the model's return) they call
+one method of the current `Forward`. `Prefill` (engine/prefill.py) runs the data path's steps; the classes here
+are the other kinds of call: a prefill without video tokens, a decoding step that continues a pruned prefill,
+and any other call.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import hf_protocol as hf
+from ..config import PruneConfig
+from ..models import ModelAdapter
+from ..record import PruneRecord
+from ..steps.keep_plan import KeepPlan, decode_columns, slice_mask
+from ..steps.pre_stage import decode_inputs
+
+Replacement = tuple[tuple[Any, ...], dict[str, Any]] | None  # what a forward pre-hook returns
+
+
+@dataclass
+class Parts:
+    """What the forwards of one handle share: the config, the model's parts, and caches that outlive a forward.
+
+    Attributes:
+        config: the `PruneConfig` (the method's class: it says what to compute, and owns its steps).
+        selector: the method's selector.
+        adapter: the model family's entry.
+        model: a weak reference to the model.
+        layers: the text decoder's layers.
+        base_impl: the attention implementation the handle wraps; base_attention: its function.
+        drop_position_ids: hand layers >= K no position ids (flash attention reads gaps as packed sequences).
+        prior_cache: PosC priors by token layout (`posc_prior="cached"`); blank_frames: blank frames by grid.
+    """
+
+    config: PruneConfig
+    selector: Any
+    adapter: ModelAdapter
+    model: weakref.ref
+    layers: nn.ModuleList
+    base_impl: str = "sdpa"
+    base_attention: Any = None
+    drop_position_ids: bool = False
+    prior_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    blank_frames: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return self.config.layer
+
+
+class Forward:
+    """A forward call that changes nothing (decoding from a cache that is not a pruned prefill's, say)."""
+
+    record: PruneRecord | None = None
+
+    def enter_decoder(self, decoder: nn.Module, call: hf.DecoderCall) -> Replacement:
+        return None
+
+    def attend(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        return None
+
+    def keep_rope(self, call: hf.LayerCall) -> None:
+        return None
+
+    def at_layer(self, index: int, call: hf.LayerCall) -> Replacement:
+        return None
+
+    def finish(self, output: Any) -> None:
+        return None
+
+
+def check_prefill_at_k(parts: Parts, call: hf.LayerCall) -> None:
+    """What layer K receives must agree with the model pre-hook's verdict "this forward is a prefill"."""
+    held = hf.cache_length(call.cache, parts.k)
+    if held > 0:
+        raise hf.protocol_error(
+            f"the model was called without a filled cache (judged a prefill), yet decoder layer {parts.k} received "
+            f"a cache already holding {held} tokens (a decoding step that looked like a prefill)"
+        )
+
+
+class NoVideoPrefill(Forward):
+    """A prefill without video tokens: nothing to prune, but layer K must still see a prefill."""
+
+    def __init__(self, parts: Parts, record: PruneRecord) -> None:
+        self.parts = parts
+        self.record = record
+
+    def at_layer(self, index: int, call: hf.LayerCall) -> Replacement:
+        if index == self.parts.k:
+            check_prefill_at_k(self.parts, call)
+        return None
+
+
+class Decode(Forward):
+    """A decoding step after a pruned prefill: layers >= K cache only the kept tokens, so their masks are cut to
+    the same columns (and, after a pre-LLM stage, every layer's: the decoder's inputs are adjusted)."""
+
+    def __init__(self, plan: KeepPlan, pre: KeepPlan | None) -> None:
+        self.plan = plan
+        self.pre = pre
+        self._cut: dict[int, Any] = {}
+
+    def enter_decoder(self, decoder: nn.Module, call: hf.DecoderCall) -> Replacement:
+        if self.pre is None:
+            return None
+        reference = call.inputs_embeds if call.inputs_embeds is not None else call.input_ids
+        cached = call.cache.get_seq_length() if call.cache is not None else self.pre.kept_len
+        mask, positions = decode_inputs(self.pre, call.attention_mask, call.position_ids, cached, reference.shape[1])
+        return call.replaced(attention_mask=mask, position_ids=positions)
+
+    def at_layer(self, index: int, call: hf.LayerCall) -> Replacement:
+        mask = call.attention_mask
+        if not isinstance(mask, torch.Tensor):
+            return None
+        cut = self._cut.get(id(mask))
+        if cut is None:
+            cut = self._cut[id(mask)] = slice_mask(mask, None, decode_columns(self.plan, mask.shape[-1]))
+        new = call.hidden_states.shape[1]
+        expected = hf.cache_length(call.cache, index) + new
+        if cut.shape[-1] != expected:
+            raise hf.protocol_error(
+                f"decoding: decoder layer {index} caches {expected - new} tokens, but its attention mask, cut to the "
+                f"pruned columns, covers {cut.shape[-1]}"
+            )
+        return call.replaced(attention_mask=cut)

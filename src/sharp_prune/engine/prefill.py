@@ -1,0 +1,353 @@
+"""One pruned prefill, read top to bottom: the data path's steps, in the order the forward reaches them.
+
+    locate -> pre-stage -> segment -> (layers 0..K-1) score at K-1 -> blank pass -> calibrate -> select
+           -> apply keep plan -> record -> (layers K..L-1 on the kept tokens) -> finish
+
+`locate` ran before this object exists (the handle builds it from the `Located` of the model's call). Each
+method below is one step and calls a pure step function (`sharp_prune.steps`) or the method's own code (its
+config class, `sharp_prune.methods`); the hooks only hand control to it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import hf_protocol as hf
+from ..errors import InputError
+from ..methods import Selection, SelectionInput
+from ..models.base import mixed_frame_sizes
+from ..steps.keep_plan import (
+    KeepPlan,
+    build_keep_plan,
+    gather_along,
+    slice_layer_inputs,
+    slice_mask,
+    slice_position_embeddings,
+    slice_position_ids,
+)
+from ..steps.locate import Located
+from ..steps.pre_stage import PreStage, temporal_merge
+from ..steps.record import prefill_record
+from ..steps.score import score_video
+from .forward import Forward, Parts, Replacement, check_prefill_at_k
+
+
+class _Scores:
+    """Where layer K-1's attention scores go: the real pass's, or the blank pass's (PosC)."""
+
+    def __init__(self) -> None:
+        self.scores: torch.Tensor | None = None
+
+
+class Prefill(Forward):
+    """The steps of one prefill that has video tokens to prune."""
+
+    def __init__(self, parts: Parts, located: Located) -> None:
+        self.parts = parts
+        self.config = parts.config
+        self.located = located
+        self.pre: PreStage | None = None
+        self.embeds: torch.Tensor | None = None  # [b, L, D] the decoder's input embeddings
+        self.segments: torch.Tensor | None = None  # [b, N] segment id of each video token
+        self.frame_similarity: list[torch.Tensor] | None = None
+        self.segment_map: torch.Tensor | None = None  # [b, L] segment id, -1 elsewhere (SegM's mask)
+        self.segment_bias: torch.Tensor | None = None  # [b, 1, L, L] SegM's additive mask (eager only)
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None  # layer K-1's cos/sin (to remove RoPE)
+        self.observed: set[int] = set()  # layers < K whose attention went through the registered function
+        self._real = _Scores()
+        self._scores_to = self._real
+        self.plan: KeepPlan | None = None
+        self.cache_at_k: weakref.ref | None = None  # the cache layer K received (decoding continues from it)
+        self._sliced: dict[int, Any] = {}  # id(a layer argument) -> the same, sliced to the keep plan
+        if self.config.needs_prior and parts.adapter.blank_frame_needs_grid and located.layout.grid is None:
+            raise InputError(mixed_frame_sizes(parts.adapter.name))
+
+    # ---------------------------------------------------------------------------- before layer 0
+    def enter_decoder(self, decoder: nn.Module, call: hf.DecoderCall) -> Replacement:
+        """The text decoder's call: the input embeddings, then the pre-LLM stage and the segments."""
+        config = self.config
+        if not (config.needs_segments or config.needs_prior or config.pre is not None):
+            return None
+        embeds, replacement = call.inputs_embeds, None
+        if embeds is None:  # hand the decoder the embeddings computed here, so that the lookup runs once
+            embeds = hf.embed_tokens(decoder, call.input_ids)
+            replacement = call.replaced(inputs_embeds=embeds)
+        if config.pre == "temporal_merge":
+            call.check_resizable()
+            self.pre = temporal_merge(
+                self.located,
+                embeds,
+                call.position_ids,
+                call.attention_mask,
+                config.pre_threshold,
+                config.budget,
+                config.query,
+            )
+            if self.pre is not None:
+                self.located, embeds = self.pre.located, self.pre.embeds
+                replacement = call.replaced(
+                    inputs_embeds=embeds, position_ids=self.pre.position_ids, attention_mask=self.pre.attention_mask
+                )
+        self.embeds = embeds
+        self.segment(embeds)
+        return replacement
+
+    def segment(self, embeds: torch.Tensor) -> None:
+        """Scene segments of each sample's frames (the method's own rule), and the mask they make."""
+        if not self.config.needs_segments:
+            return
+        layout = self.located.layout
+        visual = gather_along(embeds, layout.positions, dim=1)
+        rows = [self.config.segment(visual[i], layout.frame_ids[i]) for i in range(layout.batch_size)]
+        self.segments = torch.stack([segments for segments, _ in rows])
+        if self.config.record_scores:
+            self.frame_similarity = [similarity.detach().cpu() for _, similarity in rows]
+        if self.config.segment_mask:
+            self.segment_map = torch.full(embeds.shape[:2], -1, dtype=torch.long, device=embeds.device)
+            self.segment_map.scatter_(1, layout.positions, self.segments)
+
+    # ---------------------------------------------------------------------------- layers 0..K-1
+    def keep_rope(self, call: hf.LayerCall) -> None:
+        """Layer K-1's call: its RoPE, for methods that score without it."""
+        self.rope = call.position_embeddings
+
+    def attend(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Every attention call of layers < K: the score at K-1, and the method's mask (SegM)."""
+        layer = hf.layer_index(module)
+        if layer is None or layer >= self.parts.k or key.shape[2] != self.located.seq_len:
+            return None
+        self.observed.add(layer)
+        if layer == self.parts.k - 1 and self.located.query_index is not None:
+            self.score(module, query, key)
+        if self.segment_map is None:
+            return None
+        if self.parts.base_impl == "eager":
+            # Eager returns the attention weights (output_attentions): run it under the method's dense mask, so that
+            # the weights are the method's too. Eager materialises L x L anyway; the other implementations never do.
+            if self.segment_bias is None or self.segment_bias.dtype != query.dtype:
+                allowed = self.config.dense_mask_before_k(self.segment_map, self.located.key_valid).to(query.device)
+                bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+                self.segment_bias = bias.masked_fill(~allowed, torch.finfo(query.dtype).min)
+            return self.parts.base_attention(module, query, key, value, self.segment_bias, **kwargs)
+        scaling = hf.attention_scaling(module)
+        output = self.config.attend_before_k(query, key, value, self.segment_map, self.located.key_valid, scaling)
+        return output, None
+
+    def score(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor) -> None:
+        """Layer K-1: the attention the query rows pay to each video token (post-RoPE, or without RoPE)."""
+        rope = None
+        if not self.config.rope:
+            if self.rope is None:
+                raise hf.protocol_error("decoder layer K-1 received no position embeddings, so RoPE cannot be removed")
+            rope = self.rope
+        self._scores_to.scores = score_video(query, key, self.located, hf.attention_scaling(module), rope)
+
+    # ---------------------------------------------------------------------------- layer K
+    def at_layer(self, index: int, call: hf.LayerCall) -> Replacement:
+        if index == self.parts.k:
+            return self.prune(call)
+        return self.follow(call)
+
+    def prune(self, call: hf.LayerCall) -> Replacement:
+        """Layer K's call: blank pass, calibrate, select, apply the keep plan, record."""
+        self.check_layer_k(call)
+        call.check_prunable()
+        config = self.config
+        scores = self._real.scores
+        if config.query != "none" and scores is None:
+            raise hf.protocol_error(
+                f"decoder layer {self.parts.k - 1} produced no attention scores; was the attention implementation "
+                "changed after apply()?"
+            )
+        prior = self.blank_pass(call) if config.needs_prior else None
+        calibrated = config.calibrate(scores, prior) if prior is not None else scores
+        selection = self.select(call.hidden_states, calibrated)
+        located = self.located
+        self.plan = build_keep_plan(located.layout, selection.keep, located.seq_len, selection.hidden)
+        self.cache_at_k = weakref.ref(call.cache) if call.cache is not None else None
+        self.record = prefill_record(
+            config,
+            located,
+            self.plan,
+            self.pre,
+            is_register=selection.is_register,
+            scores=calibrated,
+            raw_scores=scores,
+            prior=prior,
+            segments=self.segments,
+            frame_similarity=self.frame_similarity,
+        )
+        return self.apply_plan(call)
+
+    def check_layer_k(self, call: hf.LayerCall) -> None:
+        """Layer K's call must be this prefill's, after every layer < K went through the registered attention."""
+        check_prefill_at_k(self.parts, call)
+        if call.hidden_states.shape[1] != self.located.seq_len:
+            raise hf.protocol_error(
+                f"decoder layer {self.parts.k} received {call.hidden_states.shape[1]} positions, the prefill has "
+                f"{self.located.seq_len}"
+            )
+        needed: set[int] = set()
+        if self.segment_map is not None:
+            needed = set(range(self.parts.k))
+        elif self.config.query != "none":
+            needed = {self.parts.k - 1}
+        missing = sorted(needed - self.observed)
+        if missing:
+            raise hf.protocol_error(
+                f"the attention of decoder layer(s) {missing} did not run through sharp-prune's registered attention "
+                "function, so their scores (or the method's mask) are missing; was the attention implementation "
+                "changed after apply()?"
+            )
+
+    def blank_pass(self, call: hf.LayerCall) -> torch.Tensor:
+        """The content-free prior: the same scores on a copy whose video tokens are a black frame, layers 0..K-1
+        again (or the prior of an identical token layout, when the method caches it)."""
+        parts, config, located = self.parts, self.config, self.located
+        layout = located.layout
+        survivors = self.pre.plan.kept_visual if self.pre is not None else None
+        key = config.prior_cache_key(
+            seq_len=located.seq_len,
+            grid=layout.grid,
+            positions=layout.positions,
+            frame_ids=layout.frame_ids,
+            key_valid=located.key_valid,
+            query_valid=located.query_valid,
+            segments=self.segments,
+            survivors=survivors,
+        )
+        if key is not None and key in parts.prior_cache:
+            return parts.prior_cache[key].to(self.embeds.device)
+        blank_frame = self._blank_frame()
+        if self.pre is not None:
+            # Survivors of the pre-LLM stage keep their place in the frame: the blank token at that place.
+            original = self.pre.original.layout
+            kept = torch.searchsorted(original.positions, self.pre.plan.kept_visual)
+            embeds = config.blank_embeddings(self.embeds, layout.positions, blank_frame, original.frame_ids, kept)
+        else:
+            embeds = config.blank_embeddings(self.embeds, layout.positions, blank_frame, layout.frame_ids)
+        blank = _Scores()
+        kwargs = call.rerun_kwargs()  # same positions and mask, no cache
+        with self._scoring_into(blank), torch.no_grad(), hf.outputs_not_captured():
+            hidden = embeds
+            for layer in parts.layers[: parts.k]:
+                hidden = layer(hidden, **kwargs)
+        if blank.scores is None:
+            raise hf.protocol_error("the blank pass produced no attention scores at layer K-1")
+        if key is not None:
+            parts.prior_cache[key] = blank.scores
+        return blank.scores
+
+    @contextmanager
+    def _scoring_into(self, scores: _Scores):  # noqa: ANN202 - a context manager
+        previous, self._scores_to = self._scores_to, scores
+        try:
+            yield
+        finally:
+            self._scores_to = previous
+
+    def _blank_frame(self) -> torch.Tensor:
+        """The model family's black frame, cached by grid, dtype and device."""
+        parts, layout = self.parts, self.located.layout
+        key = (layout.grid, self.embeds.dtype, self.embeds.device)
+        frame = parts.blank_frames.get(key)
+        if frame is None:
+            blank_token = getattr(self.config, "posc_blank_token_id", None)
+            frame = parts.adapter.blank_frame(parts.model(), layout, blank_token).to(self.embeds.dtype)
+            parts.blank_frames[key] = frame
+        return frame
+
+    def select(self, hidden: torch.Tensor, scores: torch.Tensor | None) -> Selection:
+        """The method's choice of B slots per sample."""
+        layout = self.located.layout
+        visual_hidden = gather_along(hidden, layout.positions, dim=1) if self.config.needs_hidden else None
+        with torch.no_grad():  # selection is not differentiable; merged states and registers are detached
+            return self.parts.selector.select(
+                SelectionInput(
+                    layout=layout,
+                    budget=self.located.budget,
+                    scores=scores,
+                    hidden=visual_hidden,
+                    config=self.config,
+                    segments=self.segments,
+                )
+            )
+
+    def apply_plan(self, call: hf.LayerCall) -> Replacement:
+        """Slice layer K's hidden states, positions and mask to the keep plan, together."""
+        if self.plan.is_identity:
+            return None
+        sliced = slice_layer_inputs(
+            call.hidden_states,
+            self.plan,
+            position_embeddings=call.position_embeddings,
+            position_ids=call.position_ids,
+            attention_mask=call.attention_mask,
+            drop_position_ids=self.parts.drop_position_ids,
+        )
+        for original, value in (
+            (call.position_embeddings, sliced.position_embeddings),
+            (call.position_ids, sliced.position_ids),
+            (call.attention_mask, sliced.attention_mask),
+        ):
+            if original is not None:
+                self._sliced[id(original)] = value
+        return call.replaced(
+            hidden_states=sliced.hidden_states,
+            position_embeddings=sliced.position_embeddings,
+            position_ids=sliced.position_ids,
+            attention_mask=sliced.attention_mask,
+        )
+
+    # ---------------------------------------------------------------------------- layers K+1..L-1
+    def follow(self, call: hf.LayerCall) -> Replacement:
+        """Later layers get the same sliced arguments (or their own, sliced once: a mask per layer type)."""
+        if self.plan is None or self.plan.is_identity:
+            return None
+        call.check_prunable()
+        index = self.plan.index
+        position_ids = None
+        if not self.parts.drop_position_ids:
+            position_ids = self._once(call.position_ids, lambda t: slice_position_ids(t, index))
+        return call.replaced(
+            position_embeddings=self._once(call.position_embeddings, lambda t: slice_position_embeddings(t, index)),
+            position_ids=position_ids,
+            attention_mask=self._once(call.attention_mask, lambda m: slice_mask(m, index, index)),
+        )
+
+    def _once(self, value: Any, slicer: Any) -> Any:
+        if value is None:
+            return None
+        sliced = self._sliced.get(id(value))
+        if sliced is None:
+            sliced = self._sliced[id(value)] = slicer(value)
+        return sliced
+
+    # ---------------------------------------------------------------------------- the model's return
+    def finish(self, output: Any) -> None:
+        """The forward returned: pruning must have happened, and the returned cache must be the one layer K wrote."""
+        if self.plan is None:
+            raise hf.protocol_error(
+                f"the prefill ended without reaching decoder layer {self.parts.k}, where pruning happens"
+            )
+        if not self.plan.is_identity:
+            returned = hf.output_cache(output)
+            written = self.cache_at_k() if self.cache_at_k is not None else None
+            if returned is not None and returned is not written:
+                raise hf.protocol_error(
+                    f"the model returned a cache that decoder layer {self.parts.k} did not receive, so decoding could "
+                    "not continue from the pruned prefill"
+                )
