@@ -9,7 +9,6 @@ whether the answer word survived in the needle scene, and the prefill time ratio
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,7 +16,8 @@ from typing import Any
 import torch
 
 from ..config import PruneConfig, ablations, config_for
-from ..engine.handle import apply
+from ..engine import apply
+from ..measure.timing import model_device, time_call
 from .task import Item, TaskConfig, candidate_log_probs, make_items
 
 DEFAULT_METHODS = ("random", "uniform", "fastv", "feather", "divprune", "sharp")
@@ -68,10 +68,9 @@ class Trial:
 
 
 def _forward(model, item: Item) -> tuple[torch.Tensor, float]:
-    start = time.perf_counter()
     with torch.no_grad():
-        logits = model(input_ids=item.input_ids, logits_to_keep=1).logits
-    return candidate_log_probs(logits, item), time.perf_counter() - start
+        seconds, out = time_call(lambda: model(input_ids=item.input_ids, logits_to_keep=1), model_device(model))
+    return candidate_log_probs(out.logits, item), seconds
 
 
 def _kept_tokens(record) -> torch.Tensor:

@@ -18,6 +18,7 @@ from ..bench.runner import DEFAULT_METHODS, BenchOptions, run_bench, smallest_la
 from ..bench.task import ALL_QUESTION_TYPES, TaskConfig
 from ..config import ablations, check_layer
 from ..errors import ConfigError
+from ..models.loading import DTYPES
 from .args import comma_list, decoder_layer, fraction, output_dir, positive_int
 
 logger = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def run_with_progress(options: BenchOptions) -> dict[str, Any]:
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
-        dtype = torch.bfloat16 if options.dtype == "bf16" else torch.float32
+        dtype = DTYPES[options.dtype]
         model, tokenizer = load_smollm2(dtype=dtype)
         started = time.perf_counter()
         columns = (

@@ -7,14 +7,13 @@ method's answer, the visual tokens it kept and its prefill time, all measured in
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
 from ..config import PruneConfig
 from ..engine.handle import apply
+from ..measure.timing import median_seconds
 
 SCENES = [
     "A woman in a yellow raincoat waits at a bus stop while rain falls on the street.",
@@ -58,12 +57,8 @@ def build_prompt(tokenizer, scenes: list[str] = SCENES, question: str = QUESTION
 
 def _answer(model, tokenizer, prompt: DemoPrompt) -> tuple[str, float]:
     with torch.no_grad():
-        times = []
-        for _ in range(4):  # the first run warms up; report the median of the other three
-            start = time.perf_counter()
-            model(input_ids=prompt.input_ids, logits_to_keep=1)
-            times.append(time.perf_counter() - start)
-        prefill = statistics.median(times[1:])
+        # one warm-up, then the median of three
+        prefill = median_seconds(lambda: model(input_ids=prompt.input_ids, logits_to_keep=1), "cpu", repeats=3)
         out = model.generate(input_ids=prompt.input_ids, max_new_tokens=16, do_sample=False)
     text = tokenizer.decode(out[0, prompt.input_ids.shape[1] :], skip_special_tokens=True)
     return text.strip().splitlines()[0] if text.strip() else "", prefill

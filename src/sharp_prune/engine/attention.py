@@ -27,7 +27,7 @@ SUPPORTED_BASES = hf.SUPPORTED_ATTENTION
 class AttentionObserver(Protocol):
     base_attention: Callable[..., Any]
 
-    def observe_attention(
+    def attend(
         self,
         module: nn.Module,
         query: torch.Tensor,
@@ -60,7 +60,7 @@ def _make_wrapper(base: str) -> Callable[..., Any]:
         observer = _OBSERVERS.get(module)
         if observer is None:
             return base_attention_for(base, module)(module, query, key, value, attention_mask, **kwargs)
-        replaced = observer.observe_attention(module, query, key, value, attention_mask, **kwargs)
+        replaced = observer.attend(module, query, key, value, attention_mask, **kwargs)
         if replaced is not None:
             return replaced
         return observer.base_attention(module, query, key, value, attention_mask, **kwargs)

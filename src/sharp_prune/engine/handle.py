@@ -210,7 +210,7 @@ class PruneHandle:
     def _on_decoder_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self._forward.enter_decoder(module, hf.read_decoder_call(args, kwargs))
 
-    def observe_attention(
+    def attend(
         self,
         module: nn.Module,
         query: torch.Tensor,

@@ -1,4 +1,5 @@
-"""Random-weight decoder LMs of real shapes for `sharp-prune speed` (no hub, weights never read)."""
+"""What `sharp-prune speed` runs on: random-weight decoder LMs of real shapes (no hub, weights never read), and
+the prompt it times (text, F x T "video" tokens declared to the generic adapter, a question)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel
+
+from ..steps.locate import frame_map_for_span
 
 
 @dataclass(frozen=True)
@@ -130,3 +133,49 @@ def build_model(
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = config.pad_token_id
     return model.eval()
+
+
+# --------------------------------------------------------------------------------------------- the prompt
+@dataclass
+class SpeedPrompt:
+    """One prompt: `input_ids` [1, L] and the generic adapter's `frame_map` [1, L] (-1 for text)."""
+
+    input_ids: torch.Tensor
+    frame_map: torch.Tensor
+    start: int
+    num_visual: int
+
+
+def build_prompt(
+    vocab_size: int,
+    frames: int,
+    tokens_per_frame: int,
+    prefix_tokens: int = 14,
+    suffix_tokens: int = 20,
+    scenes: int | None = None,
+    seed: int = 0,
+    pad_token_id: int | None = None,
+) -> SpeedPrompt:
+    """Text prefix + frames x tokens_per_frame visual tokens + question, all random token ids.
+
+    With `scenes=S`, frames are split into S contiguous, near-equal scenes and every frame of a scene
+    repeats the scene's tokens; otherwise each frame draws its own. The pad token is never drawn (it is
+    the generic adapter's blank frame for PosC).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    low = 3
+
+    def draw(n: int) -> torch.Tensor:
+        ids = torch.randint(low, vocab_size, (n,), generator=generator)
+        if pad_token_id is not None:
+            ids = torch.where(ids == pad_token_id, torch.full_like(ids, low), ids)
+        return ids
+
+    if scenes is None:
+        video = draw(frames * tokens_per_frame)
+    else:
+        scene_tokens = [draw(tokens_per_frame) for _ in range(scenes)]
+        video = torch.cat([scene_tokens[f * scenes // frames] for f in range(frames)])
+    input_ids = torch.cat([draw(prefix_tokens), video, draw(suffix_tokens)])[None]
+    frame_map = frame_map_for_span(input_ids.shape[1], prefix_tokens, frames, tokens_per_frame)
+    return SpeedPrompt(input_ids, frame_map, prefix_tokens, frames * tokens_per_frame)

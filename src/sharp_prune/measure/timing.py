@@ -1,8 +1,8 @@
 """Prefill time: one stopwatch for the whole library (run, speed, bench, the lmms-eval statistics).
 
 On a GPU it records CUDA events around the work and synchronises once, when read (no host sync on the way
-in, so timing does not slow the timed work down); elsewhere it reads `time.perf_counter`. Python's cyclic
-garbage collector is paused while it runs (as in `timeit`): tensors are freed by reference counting.
+in, so timing does not slow the timed work down); elsewhere it reads `time.perf_counter`. `time_call` pauses
+Python's cyclic garbage collector for the call (as `timeit` does): tensors are freed by reference counting.
 """
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ import torch
 
 
 class Stopwatch:
-    """Times one piece of work on `device`: ``watch = Stopwatch(device); ...; seconds = watch.stop()``."""
+    """Times one piece of work on `device`: ``watch = Stopwatch(device); ...; seconds = watch.stop()``.
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    `pause_gc` pauses the cyclic garbage collector until `stop` (only where `stop` is sure to run).
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", pause_gc: bool = False) -> None:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self._gc = gc.isenabled()
-        gc.disable()
+        self._gc = pause_gc and gc.isenabled()
+        if self._gc:
+            gc.disable()
         if self.cuda:
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
@@ -46,9 +50,12 @@ class Stopwatch:
 
 def time_call(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[float, Any]:
     """(seconds, result) of one call of `fn`."""
-    watch = Stopwatch(device)
-    result = fn()
-    return watch.stop(), result
+    watch = Stopwatch(device, pause_gc=True)
+    try:
+        result = fn()
+    finally:
+        seconds = watch.stop()
+    return seconds, result
 
 
 def median_seconds(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: int = 3) -> float:

@@ -1,11 +1,13 @@
 """The model families sharp-prune prunes: one entry each (`ModelAdapter`), and the questions others ask them.
 
-Adding a family is one module here (its `ModelAdapter` entry) plus one line in `FAMILIES`; the engine, the
-FLOPs, `run`, the lmms-eval plugin and the tests find it through the functions below.
+Adding a family is one module here that defines its `ModelAdapter` entry (found when this package is imported):
+the engine, the FLOPs, `run`, the lmms-eval plugin and the tests find it through the functions below.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 from torch import nn
@@ -13,11 +15,24 @@ from torch import nn
 from ..errors import ConfigError, UnsupportedModelError
 from .base import LmmsWrapper, ModelAdapter, TinyModel
 from .generic import GENERIC
-from .llava_onevision import LLAVA_ONEVISION
-from .qwen_vl import QWEN2_5_VL, QWEN2_VL
+
+_NOT_FAMILIES = {"base", "generic", "loading", "processors", "tiny"}  # helper modules of this package
+
+
+def _discover() -> dict[str, ModelAdapter]:
+    families: dict[str, ModelAdapter] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name in _NOT_FAMILIES:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, ModelAdapter):
+                families[value.name] = value
+    return families
+
 
 #: The video LLM families, by name (the generic adapter is `GENERIC`).
-FAMILIES: dict[str, ModelAdapter] = {entry.name: entry for entry in (LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL)}
+FAMILIES: dict[str, ModelAdapter] = _discover()
 
 SUPPORTED_MODELS = (
     ", ".join(entry.class_names[0] for entry in FAMILIES.values())
@@ -94,9 +109,6 @@ def lmms_wrappers() -> dict[str, tuple[ModelAdapter, LmmsWrapper]]:
 __all__ = [
     "FAMILIES",
     "GENERIC",
-    "LLAVA_ONEVISION",
-    "QWEN2_5_VL",
-    "QWEN2_VL",
     "SUPPORTED_MODELS",
     "LmmsWrapper",
     "ModelAdapter",

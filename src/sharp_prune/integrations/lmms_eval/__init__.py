@@ -15,8 +15,8 @@ reads the pruning config from ``--model_args``::
         --tasks videomme --batch_size 1 --output_path ./logs
 
 Per-sample kept-token counts, FLOPs and prefill times go to ``prune_log`` (see `stats.PrefillStats`).
-This module imports nothing heavy: lmms-eval reads the manifests below at start-up and imports the wrapper
-classes (one module per upstream wrapper) only when one of these models is asked for.
+This module imports nothing heavy: lmms-eval reads the manifests below at start-up and imports a wrapper
+class (built from the family's entry, `wrappers.py`) only when its model is asked for.
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ from typing import Any
 
 from .model_args import PLUGIN_OPTIONS, PluginOptions, split_model_args
 
+
+def _models() -> dict[str, tuple[str, str | None]]:
+    from .wrappers import class_names
+
+    path = f"{__name__}.wrappers."
+    return {
+        model_id: (path + simple, path + chat if chat else None) for model_id, (simple, chat) in class_names().items()
+    }
+
+
 #: model id -> (simple class, chat class or None), as import paths.
-MODELS: dict[str, tuple[str, str | None]] = {
-    "sharp_llava_onevision": (
-        "sharp_prune.integrations.lmms_eval.llava_onevision.SharpLlavaOneVision",
-        "sharp_prune.integrations.lmms_eval.llava_onevision.SharpLlavaOneVisionChat",
-    ),
-    "sharp_qwen2_vl": ("sharp_prune.integrations.lmms_eval.qwen2_vl.SharpQwen2VL", None),
-    "sharp_qwen2_5_vl": (
-        "sharp_prune.integrations.lmms_eval.qwen2_5_vl.SharpQwen2_5_VL",
-        "sharp_prune.integrations.lmms_eval.qwen2_5_vl.SharpQwen2_5_VLChat",
-    ),
-}
+MODELS: dict[str, tuple[str, str | None]] = _models()
 
 
 def manifests() -> list[Any]:

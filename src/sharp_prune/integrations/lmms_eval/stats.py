@@ -15,18 +15,17 @@ import json
 import logging
 import statistics
 import threading
-import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ... import hf_protocol as hf
 from ...engine.handle import PruneHandle
 from ...measure.flops import prefill_flops
+from ...measure.timing import Stopwatch
 from ...record import PruneRecord
 
 logger = logging.getLogger(__name__)
@@ -67,26 +66,6 @@ class SampleStats:
 
 def _is_prefill(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return hf.read_model_call(hf.forward_parameters(module), args, kwargs).is_prefill
-
-
-class _Timer:
-    """Times one forward: CUDA events on GPU (no sync on the way in), `perf_counter` elsewhere."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            self.start_event = torch.cuda.Event(enable_timing=True)
-            self.end_event = torch.cuda.Event(enable_timing=True)
-            self.start_event.record()
-        else:
-            self.start = time.perf_counter()
-
-    def stop(self) -> float:
-        if self.cuda:
-            self.end_event.record()
-            self.end_event.synchronize()
-            return self.start_event.elapsed_time(self.end_event) / 1000.0
-        return time.perf_counter() - self.start
 
 
 class PrefillStats:
@@ -149,7 +128,7 @@ class PrefillStats:
         if pending is None and getattr(self._local, "in_request", False) and getattr(self._local, "marked", False):
             return  # a later forward of a request already counted (use_cache=False re-runs full prefills)
         device = next(module.parameters()).device
-        self._local.timer = _Timer(device) if self.timing else None
+        self._local.timer = Stopwatch(device) if self.timing else None
         self._local.timing_prefill = True
 
     def _after(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
