@@ -178,7 +178,7 @@ def run(
         handle.remove()
     viz = None
     if viz_dir is not None and record is not None:
-        from .viz import write_all
+        from .viz.write import write_all
 
         viz = {name: str(path) for name, path in write_all(record, clip.frames, viz_dir, max_frames=viz_frames).items()}
     return RunResult(

@@ -11,6 +11,7 @@ import torch
 from ..config import PruneConfig
 from ..errors import InputError
 from .figure import require_matplotlib
+from .write import write_all
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,9 @@ def visualise_video(
     Returns:
         (answer, the `PruneRecord`, {picture: path}).
     """
-    from ..engine.handle import apply
-    from ..run import build_inputs, check_layer_fits, generate_answer, inputs_on_model, load_model
+    from ..engine import apply
+    from ..models.loading import build_inputs, check_layer_fits, generate_answer, inputs_on_model, load_model
     from ..video import read_video
-    from ..viz.write import write_all
 
     require_matplotlib()
     if not isinstance(question, str) or not question.strip():
