@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..methods.sharp import segm
 from ..record import PruneRecord
 
 RECORD_SCORES_HINT = "apply with sp.PruneConfig(..., record_scores=True) (the CLI does this for you)"
@@ -269,13 +270,9 @@ class SegmentTimeline:
 
 
 def segments_from_similarity(similarity: np.ndarray, tau: float, max_segments: int) -> np.ndarray:
-    """[F] segment id of each frame by SegM's rule (`segm.segment_frames`) from the [F-1] recorded similarity:
-    cut after frame f where similarity[f] < tau, keeping only the `max_segments - 1` lowest-similarity cuts."""
-    cuts = similarity < tau
-    if int(cuts.sum()) > max_segments - 1:
-        cuts = np.zeros_like(cuts)
-        cuts[np.argsort(similarity, kind="stable")[: max_segments - 1]] = True
-    return np.concatenate([[0], np.cumsum(cuts)]).astype(np.int64)
+    """[F] segment id of each frame by SegM's own rule (`segm.segments_from_similarity`) on the recorded
+    [F-1] similarity."""
+    return segm.segments_from_similarity(torch.from_numpy(np.asarray(similarity)), tau, max_segments).numpy()
 
 
 def _segment_of_frame(

@@ -49,16 +49,19 @@ def segment_frames(descriptors: torch.Tensor, tau: float, max_segments: int) -> 
     Returns:
         [F] long, non-decreasing segment ids starting at 0.
     """
-    num_frames = descriptors.shape[0]
-    if num_frames < 2:
-        return torch.zeros(num_frames, dtype=torch.long, device=descriptors.device)
-    similarity = (descriptors[:-1] * descriptors[1:]).sum(dim=-1)
+    if descriptors.shape[0] < 2:
+        return torch.zeros(descriptors.shape[0], dtype=torch.long, device=descriptors.device)
+    return segments_from_similarity((descriptors[:-1] * descriptors[1:]).sum(dim=-1), tau, max_segments)
+
+
+def segments_from_similarity(similarity: torch.Tensor, tau: float, max_segments: int) -> torch.Tensor:
+    """SegM's cut rule on the [F-1] frame-to-frame cosines: [F] segment ids (see `segment_frames`)."""
     cuts = similarity < tau
     if int(cuts.sum()) > max_segments - 1:
         order = torch.argsort(similarity, stable=True)[: max_segments - 1]
         cuts = torch.zeros_like(cuts)
         cuts[order] = True
-    segments = torch.zeros(num_frames, dtype=torch.long, device=descriptors.device)
+    segments = torch.zeros(similarity.shape[0] + 1, dtype=torch.long, device=similarity.device)
     segments[1:] = cuts.long().cumsum(0)
     return segments
 
