@@ -17,14 +17,13 @@ The method registry lives here too (method name -> config class): `register_meth
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import ConfigError, ConfigTypeError
+from .errors import ConfigError, ConfigTypeError, did_you_mean
 
 QUERIES = ("none", "last", "text")
 
@@ -85,14 +84,8 @@ def _sort_fields(cls: type[PruneConfig], names: list[Any], where: str) -> tuple[
     legacy = [n for n in names if n not in known and n in others]
     unknown = [n for n in names if n not in known and n not in others]
     if unknown:
-        everything = sorted(set(known) | others)
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, everything, n=1)
-            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigError(
-            f"{where}: unknown field(s) {', '.join(hints)}; {cls.__name__}'s fields are {', '.join(known)}."
-        )
+        hints = did_you_mean(unknown, sorted(set(known) | others))
+        raise ConfigError(f"{where}: unknown field(s) {hints}; {cls.__name__}'s fields are {', '.join(known)}.")
     return [n for n in names if n in known], legacy
 
 

@@ -6,6 +6,19 @@ They subclass the built-in types users already catch (``ValueError``, ``TypeErro
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(names: Iterable[str], known: Iterable[str]) -> str:
+    """"'a' (did you mean 'b'?), 'c'": unknown names, each with the nearest known one when there is one."""
+    known = list(known)
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ", ".join(hints)
+
 
 class SharpPruneError(Exception):
     """Base class of every error raised by sharp-prune."""

@@ -20,26 +20,24 @@ def comma_list(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
     return parse
 
 
-def positive_int(text: str) -> int:
-    """An argparse `type`: a whole number >= 1."""
+def _whole_number(text: str, minimum: int, why: str = "") -> int:
     try:
         value = int(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{why}must be >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse `type`: a whole number >= 1."""
+    return _whole_number(text, 1)
 
 
 def nonnegative_int(text: str) -> int:
     """An argparse `type`: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _whole_number(text, 0)
 
 
 def fraction(text: str) -> float:
@@ -55,13 +53,7 @@ def fraction(text: str) -> float:
 
 def decoder_layer(text: str) -> int:
     """An argparse `type`: a decoder layer K >= 1 (its upper bound is checked against the model's config)."""
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"K must be >= 1 (scores at K-1, tokens dropped before K), got {value}")
-    return value
+    return _whole_number(text, 1, "K (scores at K-1, tokens dropped before K) ")
 
 
 def torch_device(text: str) -> str:

@@ -4,7 +4,6 @@ and which go on to the upstream wrapper. Pure: no lmms-eval or model needed."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import os
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import PruneConfig, available_methods, config_class
-from ...errors import ConfigError, ConfigTypeError
+from ...errors import ConfigError, ConfigTypeError, did_you_mean
 
 #: The plugin's own keys (besides every `PruneConfig` field).
 PLUGIN_OPTIONS = {
@@ -104,13 +103,9 @@ def split_model_args(
         accepted = set(inspect.signature(upstream.__init__).parameters) - {"self", "args", "kwargs"}
         unknown = sorted(set(rest) - accepted)
         if unknown:
-            known = sorted(accepted | set(config_fields) | set(PLUGIN_OPTIONS))
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, known, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints = did_you_mean(unknown, sorted(accepted | set(config_fields) | set(PLUGIN_OPTIONS)))
             raise ConfigError(
-                f"unknown model_args {', '.join(hints)}; pruning keys are the PruneConfig fields "
+                f"unknown model_args {hints}; pruning keys are the PruneConfig fields "
                 f"({', '.join(sorted(config_fields))}), plugin keys {', '.join(sorted(PLUGIN_OPTIONS))}, and "
                 f"{upstream.__name__} takes {', '.join(sorted(accepted))}."
             )
