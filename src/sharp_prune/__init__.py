@@ -34,7 +34,7 @@ from .models import SUPPORTED_MODELS, ModelAdapter
 from .record import PruneRecord
 from .steps.locate import VisualLayout, frame_map_for_span
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DivPruneConfig",
