@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 
 def did_you_mean(names: Iterable[str], known: Iterable[str]) -> str:
-    """"'a' (did you mean 'b'?), 'c'": unknown names, each with the nearest known one when there is one."""
+    """ "'a' (did you mean 'b'?), 'c'": unknown names, each with the nearest known one when there is one."""
     known = list(known)
     hints = []
     for name in names:

@@ -1,8 +1,11 @@
 """What the pruned lmms-eval models add to the upstream wrappers: `SharpPruneMixin`.
 
 Parse the pruning config out of the model args and check it against config.json, let the upstream wrapper
-load, apply `sharp_prune.apply`, and collect a statistics row per request. The model classes live in one
-module per upstream wrapper, so that asking for one does not import the others.
+load, apply `sharp_prune.apply`, and collect a statistics row per request. The model classes are built from
+the model families' entries (`wrappers.py`).
+
+A document whose video cannot be read (a missing or broken file) fails alone: the error goes to lmms-eval's
+log and to its statistics row, the document is answered "" by upstream's own error path, and the run goes on.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from typing import Any
 from ... import __version__
 from ...config import check_layer
 from ...engine.handle import apply
-from ...errors import ModelLoadError, UnsupportedModelError
+from ...errors import ModelLoadError, UnsupportedModelError, VideoError
 from .model_args import split_model_args
-from .stats import PrefillStats
+from .stats import PrefillStats, new_run_id
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +90,33 @@ def _precheck(pretrained: str, model_types: tuple[str, ...], layer: int, needs_t
         )
 
 
+class _VideoFailure:
+    """A video that could not be read: the processor turns it into inputs that fail inside `generate`'s try."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class _FailedInputs:
+    """Model inputs of a document whose video failed: unpacking them (``model.generate(**inputs)``, which every
+    upstream wrapper does inside its try block) raises the video's error, so the document alone fails."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def to(self, *args: Any, **kwargs: Any) -> _FailedInputs:
+        return self
+
+    def keys(self) -> Any:
+        raise VideoError(self.message)
+
+    def __getitem__(self, name: str) -> Any:
+        raise VideoError(self.message)
+
+    def __getattr__(self, name: str) -> Any:
+        raise VideoError(self.message)
+
+
 class _EvalProcessor:
     """The upstream processor, with two fixes for lmms-eval's LLaVA-OneVision wrappers under transformers 5.
 
@@ -97,27 +127,52 @@ class _EvalProcessor:
       needs torchcodec.
     """
 
-    def __init__(self, processor: Any, num_frames: int) -> None:
+    def __init__(self, processor: Any, read: Callable[[Any], Any]) -> None:
         self._processor = processor
-        self._num_frames = num_frames
-
-    def _frames(self, video: Any) -> Any:
-        if not isinstance(video, (str, os.PathLike)):
-            return video
-        from ...video import probe_video, read_video
-
-        total = probe_video(video).total_frames
-        return read_video(video, min(self._num_frames, total)).frames
+        self._read = read
 
     def __call__(self, *args: Any, images: Any = None, videos: Any = None, **kwargs: Any) -> Any:
         if isinstance(images, (list, tuple)) and len(images) == 0:
             images = None
         if isinstance(videos, (list, tuple)):
-            videos = [self._frames(v) for v in videos] or None
+            videos = [self._read(v) if isinstance(v, (str, os.PathLike)) else v for v in videos] or None
+            failed = [v for v in videos or () if isinstance(v, _VideoFailure)]
+            if failed:
+                return _FailedInputs(failed[0].message)
         return self._processor(*args, images=images, videos=videos, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._processor, name)
+
+
+def _place(upstream: type, rest: dict[str, Any]) -> None:
+    """Where the model goes: a `device_map` without a `device` names the device too (upstream `llava_hf` would
+    otherwise use "cuda"); upstream `llava_hf`'s default device_map="" is rejected by transformers 5's
+    from_pretrained, so on one process, or on CPU, it names the device instead."""
+    parameters = inspect.signature(upstream.__init__).parameters
+    if "device_map" in rest and "device" not in rest and rest["device_map"] not in ("", "auto"):
+        rest["device"] = str(rest["device_map"])
+    if "device_map" not in parameters or "device_map" in rest or not upstream.__init__.__module__.endswith("llava_hf"):
+        return
+    from accelerate import PartialState
+
+    device = str(rest.get("device", "cuda"))
+    if PartialState().num_processes == 1 or device.startswith("cpu"):
+        rest["device_map"] = device
+
+
+def _distributed_run() -> tuple[int, int, str]:
+    """(global rank, world size, run id): from the process group when there is one (the run id is rank 0's,
+    sent to every rank), else from torchrun's RANK / WORLD_SIZE, else a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        run_id = [new_run_id()]
+        dist.broadcast_object_list(run_id, src=0)
+        return dist.get_rank(), dist.get_world_size(), run_id[0]
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID")  # the same on every rank torchrun started
+    return rank, world, f"torchrun-{elastic}" if world > 1 and elastic else new_run_id()
 
 
 class SharpPruneMixin:
@@ -139,30 +194,27 @@ class SharpPruneMixin:
         upstream = next(c for c in type(self).__mro__ if c.__module__.startswith("lmms_eval."))
         config, options, rest = split_model_args(kwargs, upstream=upstream)
         rest.setdefault("pretrained", self._sharp_default_pretrained)
-        if "device_map" in inspect.signature(upstream.__init__).parameters and "device_map" not in rest:
-            # llava_hf's default device_map="" means "one device" to it but is rejected by transformers 5's
-            # from_pretrained; on one process, name the device instead (data parallel sets its own).
-            from accelerate import PartialState
-
-            if PartialState().num_processes == 1 and upstream.__init__.__module__.endswith("llava_hf"):
-                rest["device_map"] = str(rest.get("device", "cuda"))
+        _place(upstream, rest)
         _precheck(str(rest["pretrained"]), self._sharp_model_types, config.layer, self._sharp_needs_torchvision)
         with _processor_without_torchvision(upstream.__init__.__module__):
             super().__init__(**rest)
         if hasattr(self, "_image_processor"):
-            self._image_processor = _EvalProcessor(self._image_processor, int(getattr(self, "max_frames_num", 32)))
+            self._image_processor = _EvalProcessor(self._image_processor, self._read_video)
         self.prune_config = config
         self.prune_handle = apply(self.model, config)
         try:
             lmms_version = importlib.metadata.version("lmms-eval")
         except importlib.metadata.PackageNotFoundError:  # a source checkout
             lmms_version = None
+        rank, world_size, run_id = _distributed_run()
         self.prune_stats = PrefillStats(
             self.model,
             self.prune_handle,
             options.log_dir,
             self._sharp_model_id,
-            rank=int(getattr(self, "rank", 0)),
+            rank=rank,
+            world_size=world_size,
+            run_id=run_id,
             timing=options.timing,
             meta={
                 "model": self._sharp_model_id,
@@ -173,16 +225,45 @@ class SharpPruneMixin:
         )
         logger.info("sharp-prune: %s; per-sample stats in %s", config, self.prune_stats.samples_path)
 
+    def _read_video(self, video: Any) -> Any:
+        """`max_frames_num` frames evenly over a video file (PyAV); a `_VideoFailure` when it cannot be read."""
+        from ...video import probe_video, read_video
+
+        wanted = int(getattr(self, "max_frames_num", 32))
+        path = video[0] if isinstance(video, (list, tuple)) else video
+        try:
+            total = probe_video(path).total_frames
+            if total < wanted:
+                logger.warning(
+                    "sharp-prune: %s has %d frames, fewer than max_frames_num=%d: all %d are used",
+                    path,
+                    total,
+                    wanted,
+                    total,
+                )
+                self.prune_stats.note(f"{total} frames, fewer than max_frames_num={wanted}")
+            return read_video(path, min(wanted, total)).frames
+        except VideoError as err:
+            logger.error("sharp-prune: %s", err)
+            self.prune_stats.fail(str(err))
+            return _VideoFailure(str(err))
+
+    def load_video(self, video_path: Any, max_frames_num: int) -> Any:
+        """Upstream's own video loading (the simple wrappers), through PyAV: never raises, so that upstream's
+        error path answers a failed document exactly once."""
+        return self._read_video(video_path)  # uint8 [F, H, W, 3], or a `_VideoFailure`
+
     def _tracked(self, request: Any) -> Any:
         """A copy of `request` whose visuals callable first tells the statistics which request runs."""
         args = list(request.args)
         index = self._sharp_visual_arg if getattr(self, "is_simple", True) else 1
         original: Callable[..., Any] = args[index]
         doc_id, task, split = args[-3], args[-2], args[-1]
+        padding = bool((getattr(request, "metadata", None) or {}).get("__padding_only__", False))
         stats = self.prune_stats
 
         def visuals(*a: Any, **k: Any) -> Any:
-            stats.begin(task, split, doc_id)
+            stats.begin(task, split, doc_id, padding=padding)
             return original(*a, **k)
 
         args[index] = visuals

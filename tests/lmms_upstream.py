@@ -1,0 +1,43 @@
+"""Run lmms-eval's CLI with the *upstream* `llava_hf` model, as the plain reference for sharp-prune's wrapper.
+
+    python tests/lmms_upstream.py --model llava_hf --model_args pretrained=... --tasks ... (lmms-eval's own args)
+
+Where torchvision loads, nothing is changed. Where it does not (this project's CPU machines), upstream `llava_hf`
+cannot run at all: transformers builds no video processor without torchvision, the chat wrapper sends
+``images=[]`` to a processor that reads ``images[0]``, and video files need torchcodec. This script applies the
+same three fixes the sharp-prune wrapper applies, and nothing else (no pruning, no hooks), then hands over to
+lmms-eval's own command line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lmms_eval.cli.dispatch import main
+
+from sharp_prune.integrations.lmms_eval import mixin
+
+if not mixin._torchvision_works():
+    from lmms_eval.models.chat import llava_hf as chat
+    from lmms_eval.models.simple import llava_hf as simple
+
+    for module in (chat, simple):
+        module.AutoProcessor = mixin._TorchFreeAutoProcessor
+    original_init = chat.LlavaHf.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        frames = int(getattr(self, "max_frames_num", 32))
+
+        def read(video):
+            from sharp_prune.video import probe_video, read_video
+
+            return read_video(video, min(frames, probe_video(video).total_frames)).frames
+
+        self._image_processor = mixin._EvalProcessor(self._image_processor, read)
+
+    chat.LlavaHf.__init__ = __init__
+
+if __name__ == "__main__":
+    sys.argv[0] = "lmms_eval"
+    main()

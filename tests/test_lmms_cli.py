@@ -1,0 +1,176 @@
+"""lmms-eval as its users run it: `python -m lmms_eval` in a subprocess, on a task in lmms-eval's own format
+(`tests/lmms_task`, loaded with `--include_path`), with a tiny LLaVA-OneVision checkpoint; on one process and
+on two (`torch.distributed.run`, as `accelerate launch` does on GPUs).
+
+lmms-eval logs many errors and exits 0, so these tests read the files it writes, not its exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmms_eval")
+pytest.importorskip("av")
+
+import sharp_prune as sp  # noqa: E402
+from sharp_prune.testing import synthetic_video, tiny_llava_onevision_checkpoint  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+TASK = "sharp_video_qa"
+FRAMES = 8
+TOKENS_PER_FRAME = 16  # tiny LLaVA-OV: 32 x 32 frames, patch 4, pooled to 4 x 4
+DOCS = 5
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A folder with the task's data.jsonl (DOCS synthetic videos) and a tiny checkpoint."""
+    folder = tmp_path_factory.mktemp("lmms")
+    tiny_llava_onevision_checkpoint(folder / "ckpt")
+    rows = []
+    for i in range(DOCS):
+        video = synthetic_video(folder / f"v{i}.mp4", num_frames=12 + 6 * i)
+        rows.append({"id": i, "video": str(video), "question": f"What moves in clip {i}?", "answer": "squares"})
+    _write_jsonl(folder / "data.jsonl", rows)
+    return folder
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _lmms(workdir: Path, out: str, model_args: str, processes: int = 1, model: str = "sharp_llava_onevision") -> dict:
+    """Run lmms-eval's command line in `workdir`; returns its results, samples, log and the prune log folder."""
+    args = [
+        "--model",
+        model,
+        "--model_args",
+        f"pretrained={workdir / 'ckpt'},max_frames_num={FRAMES},device_map=cpu,{model_args}",
+        "--tasks",
+        TASK,
+        "--include_path",
+        str(TESTS / "lmms_task"),
+        "--batch_size",
+        "1",
+        "--output_path",
+        str(workdir / out),
+        "--log_samples",
+    ]
+    if model == "llava_hf":  # upstream takes its device from --device only (sharp-prune's also from device_map)
+        command = [sys.executable, str(TESTS / "lmms_upstream.py"), *args, "--device", "cpu"]
+    elif processes == 1:
+        command = [sys.executable, "-m", "lmms_eval", *args]
+    else:
+        run = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        command = [sys.executable, *run, "-m", "lmms_eval", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
+    log = done.stdout + done.stderr
+    results = sorted((workdir / out).rglob("*_results.json"))
+    samples = sorted((workdir / out).rglob(f"*_samples_{TASK}.jsonl"))
+    assert results and samples, f"lmms-eval wrote no results:\n{log[-4000:]}"
+    return {
+        "log": log,
+        "results": json.loads(results[-1].read_text()),
+        "answers": {row["doc_id"]: row["filtered_resps"] for row in _read_jsonl(samples[-1])},
+        "prune": workdir / out / "prune",
+    }
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _prune_rows(folder: Path, pattern: str) -> list[dict]:
+    return [row for path in sorted(folder.glob(pattern)) for row in _read_jsonl(path)]
+
+
+@pytest.fixture(scope="module")
+def sharp_run(workdir: Path) -> dict:
+    return _lmms(workdir, "sharp", f"method=sharp,retention=0.2,layer=2,prune_log={workdir / 'sharp' / 'prune'}")
+
+
+def test_the_cli_evaluates_a_pruned_model_on_a_local_task(sharp_run):
+    results = sharp_run["results"]["results"][TASK]
+    assert "exact_match,none" in results and 0.0 <= results["exact_match,none"] <= 1.0
+    assert sorted(sharp_run["answers"]) == list(range(DOCS))
+    rows = _prune_rows(sharp_run["prune"], "*_rank0of1_samples.jsonl")
+    assert sorted(row["doc_id"] for row in rows) == list(range(DOCS)), "one statistics row per document"
+    budget = sp.PruneConfig(method="sharp", retention=0.2).budget(FRAMES * TOKENS_PER_FRAME)
+    for row in rows:
+        assert row["task"] == TASK and row["error"] is None
+        assert row["visual_tokens"] == FRAMES * TOKENS_PER_FRAME and row["kept_visual_tokens"] == budget
+    summary = json.loads(next(sharp_run["prune"].glob("*_rank0of1_summary.json")).read_text())
+    assert summary["requests"] == DOCS and summary["failed"] == 0 and summary["config"]["method"] == "sharp"
+
+
+def test_method_none_answers_as_the_upstream_model(workdir):
+    pruned = _lmms(workdir, "none", f"method=none,prune_log={workdir / 'none' / 'prune'}")
+    upstream = _lmms(workdir, "upstream", "", model="llava_hf")
+    assert pruned["answers"] == upstream["answers"] and len(upstream["answers"]) == DOCS
+    rows = _prune_rows(pruned["prune"], "*_samples.jsonl")
+    assert len(rows) == DOCS and all(r["kept_visual_tokens"] == r["visual_tokens"] == 128 for r in rows)
+
+
+def test_two_processes_answer_as_one_and_merge_their_logs(workdir, sharp_run):
+    prune = workdir / "two" / "prune"
+    two = _lmms(workdir, "two", f"method=sharp,retention=0.2,layer=2,prune_log={prune}", processes=2)
+    assert two["answers"] == sharp_run["answers"], "two processes must give every document the same answer"
+    assert two["results"]["results"][TASK] == sharp_run["results"]["results"][TASK]
+    rank_files = sorted(p.name for p in prune.glob("*_rank*_samples.jsonl"))
+    assert [name.split("_rank")[1] for name in rank_files] == ["0of2_samples.jsonl", "1of2_samples.jsonl"]
+    assert len({name.split("_")[0] for name in rank_files}) == 1, "both ranks share one run id"
+    per_rank = [_read_jsonl(prune / name) for name in rank_files]
+    assert all(per_rank), "each rank answered documents"
+    doc_ids = sorted(row["doc_id"] for rows in per_rank for row in rows)
+    assert doc_ids == list(range(DOCS)), "no document lost or counted twice (lmms-eval's padding is not a row)"
+    merged = [p for p in prune.glob("*_summary.json") if "_rank" not in p.name]
+    assert len(merged) == 1
+    summary = json.loads(merged[0].read_text())
+    assert summary["requests"] == DOCS and len(summary["ranks"]) == 2
+    merged_rows = _read_jsonl(prune / summary["samples_file"])
+    assert sorted(r["doc_id"] for r in merged_rows) == list(range(DOCS))
+
+
+def test_bad_documents_fail_alone_with_their_reason(workdir, tmp_path):
+    """No video, a missing file, a video shorter than max_frames_num: logged, counted, and the run goes on."""
+    short = synthetic_video(tmp_path / "short.mp4", num_frames=FRAMES - 3)
+    rows = [
+        {"id": 0, "video": str(workdir / "v0.mp4"), "question": "What moves?", "answer": "squares"},
+        {"id": 1, "video": "", "question": "Nothing to see?", "answer": "no"},
+        {"id": 2, "video": str(tmp_path / "missing.mp4"), "question": "What moves?", "answer": "squares"},
+        {"id": 3, "video": str(short), "question": "What moves?", "answer": "squares"},
+    ]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _write_jsonl(bad / "data.jsonl", rows)
+    (bad / "ckpt").symlink_to(workdir / "ckpt")
+    run = _lmms(bad, "out", f"method=sharp,retention=0.2,layer=2,prune_log={bad / 'out' / 'prune'}")
+    assert sorted(run["answers"]) == [0, 1, 2, 3], "every document was answered (a failed one with '')"
+    assert run["answers"][2] in ([""], "", [[""]])
+    log = run["log"]
+    assert "has no video tokens" in log and "video file not found" in log and "fewer than max_frames_num" in log
+    by_doc = {row["doc_id"]: row for row in _prune_rows(run["prune"], "*_rank0of1_samples.jsonl")}
+    assert sorted(by_doc) == [0, 1, 2, 3]
+    assert by_doc[0]["error"] is None and by_doc[0]["warning"] is None
+    assert "no video" in by_doc[1]["error"] and "not found" in by_doc[2]["error"]
+    assert by_doc[3]["error"] is None and "fewer than max_frames_num" in by_doc[3]["warning"]
+    assert by_doc[3]["visual_tokens"] == (FRAMES - 3) * TOKENS_PER_FRAME
+    summary = json.loads(next(run["prune"].glob("*_rank0of1_summary.json")).read_text())
+    assert (summary["requests"], summary["failed"], summary["warnings"]) == (4, 2, 1)
+
+
+def test_an_unknown_model_arg_stops_the_run_before_loading_with_the_nearest_name(workdir):
+    args = f"pretrained={workdir / 'ckpt'},retension=0.2"
+    command = [sys.executable, "-m", "lmms_eval", "--model", "sharp_llava_onevision", "--model_args", args]
+    command += ["--tasks", TASK, "--include_path", str(TESTS / "lmms_task"), "--output_path", str(workdir / "typo")]
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=240)
+    log = done.stdout + done.stderr
+    assert "unknown model_args 'retension' (did you mean 'retention'?)" in log
+    assert not list((workdir / "typo").rglob("*_results.json"))
