@@ -19,13 +19,18 @@ pytest.importorskip("lmms_eval")
 pytest.importorskip("av")
 
 import sharp_prune as sp  # noqa: E402
-from sharp_prune.testing import synthetic_video, tiny_llava_onevision_checkpoint  # noqa: E402
+from sharp_prune.testing import (  # noqa: E402
+    synthetic_video,
+    tiny_llava_onevision_checkpoint,
+    tiny_qwen_vl_checkpoint,
+)
 
 TESTS = Path(__file__).resolve().parent
 TASK = "sharp_video_qa"
 FRAMES = 8
 TOKENS_PER_FRAME = 16  # tiny LLaVA-OV: 32 x 32 frames, patch 4, pooled to 4 x 4
 DOCS = 5
+UPSTREAM = ("llava_hf", "qwen2_vl", "qwen2_5_vl")
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +38,8 @@ def workdir(tmp_path_factory) -> Path:
     """A folder with the task's data.jsonl (DOCS synthetic videos) and a tiny checkpoint."""
     folder = tmp_path_factory.mktemp("lmms")
     tiny_llava_onevision_checkpoint(folder / "ckpt")
+    for family in ("qwen2_vl", "qwen2_5_vl"):
+        tiny_qwen_vl_checkpoint(folder / family, family)
     rows = []
     for i in range(DOCS):
         video = synthetic_video(folder / f"v{i}.mp4", num_frames=12 + 6 * i)
@@ -45,13 +52,23 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def _lmms(workdir: Path, out: str, model_args: str, processes: int = 1, model: str = "sharp_llava_onevision") -> dict:
-    """Run lmms-eval's command line in `workdir`; returns its results, samples, log and the prune log folder."""
+def _lmms(
+    workdir: Path,
+    out: str,
+    model_args: str,
+    processes: int = 1,
+    model: str = "sharp_llava_onevision",
+    base_args: str | None = None,
+) -> dict:
+    """Run lmms-eval's command line in `workdir`; returns its results, samples, log and the prune log folder.
+    `base_args` (default: the tiny LLaVA-OV checkpoint, FRAMES frames, on CPU) come before `model_args`."""
+    if base_args is None:
+        base_args = f"pretrained={workdir / 'ckpt'},max_frames_num={FRAMES},device_map=cpu"
     args = [
         "--model",
         model,
         "--model_args",
-        f"pretrained={workdir / 'ckpt'},max_frames_num={FRAMES},device_map=cpu,{model_args}",
+        f"{base_args},{model_args}".rstrip(","),
         "--tasks",
         TASK,
         "--include_path",
@@ -62,7 +79,7 @@ def _lmms(workdir: Path, out: str, model_args: str, processes: int = 1, model: s
         str(workdir / out),
         "--log_samples",
     ]
-    if model == "llava_hf":  # upstream takes its device from --device only (sharp-prune's also from device_map)
+    if model in UPSTREAM:  # upstream llava_hf takes its device from --device only (sharp-prune's: from device_map)
         command = [sys.executable, str(TESTS / "lmms_upstream.py"), *args, "--device", "cpu"]
     elif processes == 1:
         command = [sys.executable, "-m", "lmms_eval", *args]
@@ -174,3 +191,78 @@ def test_an_unknown_model_arg_stops_the_run_before_loading_with_the_nearest_name
     log = done.stdout + done.stderr
     assert "unknown model_args 'retension' (did you mean 'retention'?)" in log
     assert not list((workdir / "typo").rglob("*_results.json"))
+
+
+# ------------------------------------------------------------------------------------------------- Qwen-VL
+# The tiny Qwen checkpoints: patch 4, merge 2, temporal patch 2. With min_pixels = max_pixels = 56 * 56, the
+# 64 x 48 videos become 56 x 56 frames (qwen-vl-utils: multiples of 28 nearest to 48 and 64), so every pair of
+# frames is (56 / 4 / 2)^2 = 49 tokens.
+QWEN_PIXELS = "min_pixels=3136,max_pixels=3136,max_num_frames=8,device_map=cpu"
+QWEN_TOKENS_PER_FRAME_PAIR = 49
+VIDEO_FRAMES = [12 + 6 * i for i in range(DOCS)]  # the workdir videos, 10 fps
+
+
+def _qwen_frames(model: str, total: int) -> int:
+    """Frames the upstream Qwen wrapper reads, by qwen-vl-utils' rules: the simple wrappers ask 2 frames per
+    second, at least 4, an even count; the chat wrapper asks min(max_num_frames, total), an even count."""
+    if model == "chat":
+        return min(8, total) // 2 * 2
+    return min(max(total / 10 * 2, 4), total // 2 * 2) // 2 * 2
+
+
+@pytest.mark.parametrize(
+    "model, family, kind",
+    [("sharp_qwen2_vl", "qwen2_vl", "simple"), ("sharp_qwen2_5_vl", "qwen2_5_vl", "chat")],
+)
+def test_the_cli_evaluates_pruned_qwen_models(workdir, model, family, kind):
+    """Qwen2-VL (simple wrapper) and Qwen2.5-VL (chat wrapper, lmms-eval's default for it) through the CLI,
+    without torchvision here: sharp-prune's torch-only video processor and video reading stand in."""
+    prune = workdir / model / "prune"
+    base = f"pretrained={workdir / family},{QWEN_PIXELS}"
+    run = _lmms(workdir, model, f"method=sharp,retention=0.2,layer=2,prune_log={prune}", model=model, base_args=base)
+    assert "exact_match,none" in run["results"]["results"][TASK]
+    assert sorted(run["answers"]) == list(range(DOCS))
+    rows = {row["doc_id"]: row for row in _prune_rows(prune, "*_rank0of1_samples.jsonl")}
+    assert sorted(rows) == list(range(DOCS)), "one statistics row per document"
+    for doc, total in enumerate(VIDEO_FRAMES):
+        visual = _qwen_frames(kind, total) // 2 * QWEN_TOKENS_PER_FRAME_PAIR
+        row = rows[doc]
+        assert row["error"] is None, row
+        assert row["visual_tokens"] == visual
+        assert row["kept_visual_tokens"] == sp.PruneConfig(method="sharp", retention=0.2).budget(visual)
+
+
+def test_qwen_method_none_answers_as_the_upstream_model(workdir):
+    base = f"pretrained={workdir / 'qwen2_vl'},{QWEN_PIXELS}"
+    log = f"method=none,prune_log={workdir / 'qwen-none' / 'prune'}"
+    pruned = _lmms(workdir, "qwen-none", log, model="sharp_qwen2_vl", base_args=base)
+    upstream = _lmms(workdir, "qwen-upstream", "", model="qwen2_vl", base_args=base)
+    assert pruned["answers"] == upstream["answers"] and len(upstream["answers"]) == DOCS
+
+
+def test_bad_qwen_documents_fail_alone(workdir, tmp_path):
+    """Upstream's Qwen wrappers drop an unreadable video silently (qwen2_vl) or stop the run (qwen2_5_vl): the
+    pruned ones answer "" for that document, log why, count it failed, and go on."""
+    one_frame = synthetic_video(tmp_path / "one.mp4", num_frames=1)
+    rows = [
+        {"id": 0, "video": str(workdir / "v0.mp4"), "question": "What moves?", "answer": "squares"},
+        {"id": 1, "video": str(tmp_path / "missing.mp4"), "question": "What moves?", "answer": "squares"},
+        {"id": 2, "video": str(one_frame), "question": "What moves?", "answer": "squares"},
+        {"id": 3, "video": "", "question": "Nothing to see?", "answer": "no"},
+    ]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _write_jsonl(bad / "data.jsonl", rows)
+    base = f"pretrained={workdir / 'qwen2_vl'},{QWEN_PIXELS}"
+    prune = bad / "out" / "prune"
+    args = f"method=sharp,retention=0.2,layer=2,prune_log={prune}"
+    run = _lmms(bad, "out", args, model="sharp_qwen2_vl", base_args=base)
+    assert sorted(run["answers"]) == [0, 1, 2, 3]
+    assert run["answers"][1] in ([""], "", [[""]]) and run["answers"][2] in ([""], "", [[""]])
+    assert "video file not found" in run["log"] and "at least 2" in run["log"]
+    by_doc = {row["doc_id"]: row for row in _prune_rows(prune, "*_rank0of1_samples.jsonl")}
+    assert by_doc[0]["error"] is None and by_doc[0]["visual_tokens"] == 2 * QWEN_TOKENS_PER_FRAME_PAIR
+    assert "not found" in by_doc[1]["error"] and "at least 2" in by_doc[2]["error"]
+    assert "no video" in by_doc[3]["error"]
+    summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
+    assert (summary["requests"], summary["failed"]) == (4, 3)

@@ -160,23 +160,6 @@ def test_bad_layer_and_wrong_model_fail_before_the_weights_load(registry, checkp
         _load(registry, "sharp_llava_onevision", f"pretrained={folder},max_frames=8,prune_log={tmp_path}")
 
 
-def test_qwen_wrappers_say_they_need_torchvision_before_loading(registry, tmp_path):
-    """Qwen-VL's processor and qwen-vl-utils import torchvision: where it does not import, the wrapper says so
-    from config.json alone; where it does, that check passes and loading goes on to the (missing) weights."""
-    from transformers import Qwen2VLConfig
-
-    from sharp_prune.integrations.lmms_eval.mixin import _torchvision_works
-
-    folder = tmp_path / "qwen2-vl-config"
-    Qwen2VLConfig(text_config={"num_hidden_layers": 4}).save_pretrained(folder)
-    if _torchvision_works():
-        with pytest.raises(OSError):
-            _load(registry, "sharp_qwen2_vl", f"pretrained={folder},prune_log={tmp_path}")
-    else:
-        with pytest.raises(sp.ModelLoadError, match="need torchvision"):
-            _load(registry, "sharp_qwen2_vl", f"pretrained={folder},prune_log={tmp_path}")
-
-
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("chat", [True, False], ids=["chat", "simple"])
 def test_generate_until_prunes_and_logs_one_row_per_request(registry, checkpoint, docs, tmp_path, chat):

@@ -16,7 +16,7 @@ import sharp_prune as sp  # noqa: E402
 from sharp_prune import video as video_mod  # noqa: E402
 from sharp_prune.cli.run import add_run_parser, format_result  # noqa: E402
 from sharp_prune.models.loading import build_inputs, load_model, load_processor  # noqa: E402
-from sharp_prune.models.processors import _interpolate, _video_processor_base  # noqa: E402
+from sharp_prune.models.processors import _video_processor_base, interpolate_frames  # noqa: E402
 from sharp_prune.run import RunResult, run  # noqa: E402
 from sharp_prune.testing import (  # noqa: E402
     synthetic_video,
@@ -131,7 +131,7 @@ def test_torch_resize_matches_pil_bicubic():
     image = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     for height, width in [(32, 32), (96, 128)]:
         expected = np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC)).astype(int)
-        got = _interpolate(torch.from_numpy(image).permute(2, 0, 1)[None], (height, width), "bicubic", True)
+        got = interpolate_frames(torch.from_numpy(image).permute(2, 0, 1)[None], (height, width), "bicubic", True)
         assert np.abs(got[0].permute(1, 2, 0).numpy().astype(int) - expected).max() <= 2
 
 
@@ -172,13 +172,15 @@ def test_model_loading_errors_say_what_to_pass(tmp_path):
         load_model(no_processor)
 
 
-def test_qwen_video_processor_without_torchvision_says_to_install_it():
+def test_a_video_processor_without_torch_replacement_says_to_install_torchvision():
+    """Qwen2-VL's transformers module imports torchvision: a family without a torch-only replacement for such a
+    class gets this message (Qwen-VL families have one: tests/test_qwen_video_processing.py)."""
     from transformers.utils import is_torchvision_available
 
     if is_torchvision_available():
         pytest.skip("torchvision is installed: AutoProcessor loads Qwen2-VL's video processor")
     with pytest.raises(sp.ModelLoadError, match="needs torchvision.*pip install torchvision"):
-        _video_processor_base({"video_processor_type": "Qwen2VLVideoProcessor"}, "qwen2_vl")
+        _video_processor_base("Qwen2VLVideoProcessor", "qwen2_vl")
 
 
 # ------------------------------------------------------------------------------------------- end to end

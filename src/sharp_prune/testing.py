@@ -8,6 +8,7 @@ in its entry (`sharp_prune.models.<family>`, `ModelAdapter.tiny`); these functio
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedModel
@@ -117,7 +118,7 @@ def tiny_llava_onevision_checkpoint(
     Returns:
         `path`, ready for `from_pretrained`.
     """
-    from transformers import AutoTokenizer, LlavaOnevisionProcessor
+    from transformers import LlavaOnevisionProcessor
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
         LlavaOnevisionImageProcessorPil,
     )
@@ -127,14 +128,7 @@ def tiny_llava_onevision_checkpoint(
     from .models.processors import accepting_processor_class, torch_video_processor_class
 
     folder = Path(path)
-    if tokenizer_dir is None:
-        from .smollm2 import DEFAULT_CACHE, load_smollm2
-
-        if not (DEFAULT_CACHE / "tokenizer.json").is_file():
-            load_smollm2()  # dequantises the GGUF once and fills the cache
-        tokenizer_dir = DEFAULT_CACHE
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
+    tokenizer = _smollm2_tokenizer(tokenizer_dir, ["<image>", "<video>"])
     image_id, video_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -182,6 +176,101 @@ def tiny_llava_onevision_checkpoint(
     return folder
 
 
+def _smollm2_tokenizer(tokenizer_dir: str | Path | None, special_tokens: list[str]) -> Any:
+    """SmolLM2's tokenizer (from `tokenizer_dir`, default the `sharp_prune.smollm2` cache, filled on first use)
+    with `special_tokens` added."""
+    from transformers import AutoTokenizer
+
+    if tokenizer_dir is None:
+        from .smollm2 import DEFAULT_CACHE, load_smollm2
+
+        if not (DEFAULT_CACHE / "tokenizer.json").is_file():
+            load_smollm2()  # dequantises the GGUF once and fills the cache
+        tokenizer_dir = DEFAULT_CACHE
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": special_tokens})
+    return tokenizer
+
+
+# Qwen2-VL's chat template (the Qwen checkpoints'), for the tiny checkpoints: a default system turn, vision
+# placeholders where the content puts them.
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen_vl_checkpoint(
+    path: str | Path,
+    family: str = "qwen2_vl",
+    num_layers: int = 4,
+    seed: int = 0,
+    tokenizer_dir: str | Path | None = None,
+) -> Path:
+    """Save a complete tiny Qwen2-VL or Qwen2.5-VL checkpoint (random weights, real processor) to `path`.
+
+    `family`: "qwen2_vl" or "qwen2_5_vl". The tokenizer is SmolLM2's with Qwen-VL's vision tokens added; the
+    vision tower has patch 4, merge 2, temporal patch 2, so a 56 x 56 frame pair is 7 x 7 = 49 video tokens.
+    The processor (image, video, chat template) is saved as transformers saves the real one: `AutoProcessor`
+    loads it where torchvision is installed, `sharp_prune.models.loading.load_processor` everywhere.
+    """
+    import transformers
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .models.processors import accepting_processor_class
+    from .models.qwen_video_processing import Qwen2VLVideoProcessor
+    from .models.qwen_vl import tiny_qwen_vl_config
+
+    if family not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(f"family must be 'qwen2_vl' or 'qwen2_5_vl', got {family!r}.")
+    folder = Path(path)
+    vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = _smollm2_tokenizer(tokenizer_dir, vision_tokens)
+    start, end, image, video = tokenizer.convert_tokens_to_ids(vision_tokens)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = tiny_qwen_vl_config(
+        family,
+        num_layers,
+        vision_start_token_id=start,
+        vision_end_token_id=end,
+        image_token_id=image,
+        video_token_id=video,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_id,
+    )
+    config.tie_word_embeddings = config.text_config.tie_word_embeddings = False  # untied: answers in words
+    torch.manual_seed(seed)
+    names = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+    model = getattr(transformers, names[family])(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = pad_id
+    model.save_pretrained(folder)
+
+    pixels = dict(patch_size=4, temporal_patch_size=2, merge_size=2, min_pixels=16 * 16, max_pixels=64 * 64)
+    processor_cls = getattr(transformers, "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor")
+    if transformers.utils.is_torchvision_available():
+        from transformers import Qwen2VLVideoProcessor as video_cls
+    else:
+        video_cls, processor_cls = Qwen2VLVideoProcessor, accepting_processor_class(processor_cls)
+    processor = processor_cls(
+        image_processor=Qwen2VLImageProcessorPil(**pixels),
+        tokenizer=tokenizer,
+        video_processor=video_cls(**pixels),
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
 def synthetic_video(
     path: str | Path,
     num_frames: int = 36,
@@ -222,6 +311,7 @@ __all__ = [
     "IMAGE_TOKEN_ID",
     "LLAVA_ONEVISION_CHAT_TEMPLATE",
     "PAD_ID",
+    "QWEN_VL_CHAT_TEMPLATE",
     "TINY_FAMILIES",
     "VIDEO_TOKEN_ID",
     "VISION_END_ID",
@@ -235,4 +325,5 @@ __all__ = [
     "tiny_inputs",
     "tiny_llava_onevision_checkpoint",
     "tiny_model",
+    "tiny_qwen_vl_checkpoint",
 ]

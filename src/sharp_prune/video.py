@@ -159,6 +159,25 @@ def read_video(path: str | os.PathLike[str], num_frames: int) -> VideoClip:
     return VideoClip(frames=frames, indices=indices, info=info)
 
 
+def read_video_at(path: str | os.PathLike[str], indices: list[int]) -> VideoClip:
+    """Decode the frames at `indices` (0-based, in the order given, repeats allowed) of the video at `path`.
+
+    Raises:
+        VideoError: no or negative indices, any problem `probe_video` reports, an index past the last frame
+            that decodes, or a decoding failure.
+    """
+    if not indices or min(indices) < 0:
+        raise VideoError(f"pass frame indices >= 0 to read, got {list(indices)!r}.")
+    info = probe_video(path)
+    frames, decoded = _decode(info, list(indices))
+    if frames is None:
+        raise VideoError(
+            f"{info.path} has {decoded} frames that decode, and frame {max(indices)} was asked; sample indices "
+            f"below {decoded}, or repair the file (e.g. re-encode it with ffmpeg)."
+        )
+    return VideoClip(frames=frames, indices=list(indices), info=info)
+
+
 def read_frames(path: str | os.PathLike[str], num_frames: int) -> np.ndarray:
     """`num_frames` frames sampled evenly over the whole video at `path`, as uint8 RGB [F, H, W, 3].
 
@@ -277,7 +296,7 @@ def _decode(info: VideoInfo, indices: list[int]) -> tuple[np.ndarray | None, int
     av = _av()
     path = Path(info.path)
     wanted = set(indices)
-    last = indices[-1]
+    last = max(indices)
     kept: dict[int, np.ndarray] = {}
     size: tuple[int, int] | None = None
     decoded = 0

@@ -38,14 +38,12 @@ class LmmsWrapper:
         simple: "module:Class" of upstream's simple wrapper.
         chat: "module:Class" of upstream's chat wrapper, or None.
         default_pretrained: the checkpoint upstream loads by default.
-        needs_torchvision: upstream's processing path imports torchvision.
     """
 
     model_id: str
     simple: str
     chat: str | None
     default_pretrained: str
-    needs_torchvision: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +75,8 @@ class ModelAdapter:
             must have the same one (checked before layer 0).
         model_types: `config.model_type` of this family's checkpoints (`run`, the lmms-eval wrapper).
         processor_class: the transformers processor class of its checkpoints.
+        video_processors: () -> torch-only video processor classes, for checkpoints whose transformers video
+            processor cannot run without torchvision (matched by class name; see `sharp_prune.models.processors`).
         vision_flops: the vision tower's FLOPs on one video (in-LLM pruning leaves them as they are).
         lmms: the lmms-eval wrapper it extends, or None.
         tiny: the tiny random configuration of its real class, or None.
@@ -90,6 +90,7 @@ class ModelAdapter:
     blank_frame_needs_grid: bool = False
     model_types: tuple[str, ...] = ()
     processor_class: str | None = None
+    video_processors: Callable[[], tuple[type, ...]] | None = None
     vision_flops: VisionFlopsFn | None = None
     lmms: LmmsWrapper | None = None
     tiny: TinyModel | None = None

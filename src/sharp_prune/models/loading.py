@@ -144,9 +144,15 @@ def load_model(
     return model.eval(), processor
 
 
-def load_processor(model_id: str | Path, config: Any = None) -> Any:
+def load_processor(model_id: str | Path, config: Any = None, **kwargs: Any) -> Any:
     """The checkpoint's processor: `AutoProcessor` when torchvision is installed; otherwise the same
     processor class with a torch-only video processor (see the module docstring).
+
+    Args:
+        model_id: a checkpoint folder or hub id.
+        config: its config, when already loaded.
+        **kwargs: processor options, as `AutoProcessor.from_pretrained` takes them (e.g. Qwen-VL's
+            ``min_pixels`` / ``max_pixels``).
 
     Raises:
         ModelLoadError: the processor files are missing, or its video processor needs torchvision.
@@ -158,10 +164,11 @@ def load_processor(model_id: str | Path, config: Any = None) -> Any:
         if is_torchvision_available():
             from transformers import AutoProcessor
 
-            return AutoProcessor.from_pretrained(source)
+            return AutoProcessor.from_pretrained(source, **kwargs)
         config = config if config is not None else load_config(source)
-        default = family_of_checkpoint(getattr(config, "model_type", None)).processor_class
-        return processor_without_torchvision(source, config, default)
+        family = family_of_checkpoint(getattr(config, "model_type", None))
+        replacements = family.video_processors() if family.video_processors is not None else ()
+        return processor_without_torchvision(source, config, family.processor_class, replacements, **kwargs)
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError, TypeError, ImportError, AttributeError) as err:

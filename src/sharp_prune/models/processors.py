@@ -27,8 +27,24 @@ import torch.nn.functional as F
 from ..errors import ModelLoadError
 
 
-def processor_without_torchvision(source: str, config: Any, default_processor: str | None = None) -> Any:
-    """The checkpoint's processor class, built with a torch-only video processor (no torchvision)."""
+def processor_without_torchvision(
+    source: str,
+    config: Any,
+    default_processor: str | None = None,
+    video_processors: tuple[type, ...] = (),
+    **kwargs: Any,
+) -> Any:
+    """The checkpoint's processor class, built with a torch-only video processor (no torchvision).
+
+    Args:
+        source: the checkpoint folder or hub id.
+        config: its config (for `model_type`).
+        default_processor: the processor class when the checkpoint names none.
+        video_processors: torch-only video processor classes of the family, used when one has the name of the
+            checkpoint's video processor.
+        **kwargs: options for the image and video processors, as `AutoProcessor.from_pretrained` takes them
+            (e.g. Qwen-VL's ``min_pixels`` / ``max_pixels``).
+    """
     import transformers
     from transformers import AutoImageProcessor, AutoTokenizer
     from transformers.processing_utils import ProcessorMixin
@@ -45,25 +61,34 @@ def processor_without_torchvision(source: str, config: Any, default_processor: s
         if attribute == "tokenizer":
             args.append(AutoTokenizer.from_pretrained(source))
         elif attribute == "image_processor":
-            args.append(AutoImageProcessor.from_pretrained(source))  # falls back to the PIL backend by itself
+            args.append(AutoImageProcessor.from_pretrained(source, **kwargs))  # falls back to the PIL backend itself
         elif attribute == "video_processor":
             video_dict = processor_dict.get("video_processor")
             if video_dict is None:
                 video_dict, _ = VideoProcessorMixin.get_video_processor_dict(source)
-            base = _video_processor_base(video_dict, model_type)
-            args.append(torch_video_processor_class(base).from_dict(video_dict))
+            video_cls = _torch_video_processor(video_dict, model_type, video_processors)
+            options = {k: v for k, v in kwargs.items() if k in video_cls.valid_kwargs.__annotations__}
+            args.append(video_cls.from_dict({**video_dict, **options}))
         else:
             raise ModelLoadError(f"{name} needs a {attribute}, which sharp-prune cannot load without torchvision.")
     return accepting_processor_class(processor_cls).from_args_and_dict(args, processor_dict)
 
 
-def _video_processor_base(video_dict: dict[str, Any], model_type: str | None) -> type:
+def _torch_video_processor(video_dict: dict[str, Any], model_type: str | None, replacements: tuple[type, ...]) -> type:
+    """The family's torch-only class of that name, else the checkpoint's class with torch ops swapped in."""
     name = video_dict.get("video_processor_type")
     if name is None and video_dict.get("image_processor_type"):
         name = video_dict["image_processor_type"].replace("ImageProcessorPil", "VideoProcessor")
         name = name.replace("ImageProcessor", "VideoProcessor")
     if name is None:
         raise ModelLoadError("the checkpoint's processor config names no video processor class.")
+    for replacement in replacements:
+        if replacement.__name__ == name:
+            return replacement
+    return torch_video_processor_class(_video_processor_base(name, model_type))
+
+
+def _video_processor_base(name: str, model_type: str | None) -> type:
     if model_type is None:
         raise ModelLoadError("the checkpoint's config.json names no model_type.")
     module_name = f"transformers.models.{model_type}.video_processing_{model_type}"
@@ -92,7 +117,7 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
-class _TorchVideoOps:
+class TorchVideoOps:
     """Torch-only versions of the torchvision calls of transformers' `BaseVideoProcessor` pipeline."""
 
     def convert_to_rgb(self, video: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -128,7 +153,7 @@ class _TorchVideoOps:
             new_size = (size.height, size.width)
         else:
             raise ValueError(f"size must give height and width, max_height and max_width, or shortest_edge; got {size}")
-        return _interpolate(image, tuple(new_size), _torch_mode(resample), antialias)
+        return interpolate_frames(image, tuple(new_size), _torch_mode(resample), antialias)
 
     def normalize(self, image: torch.Tensor, mean: Any, std: Any, inplace: bool = False, **kwargs: Any) -> torch.Tensor:
         mean_t = torch.as_tensor(mean, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
@@ -160,7 +185,7 @@ def _torch_mode(resample: Any) -> str:
     return "nearest-exact" if "nearest" in name else "bilinear" if "bilinear" in name else "bicubic"
 
 
-def _interpolate(image: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool) -> torch.Tensor:
+def interpolate_frames(image: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool) -> torch.Tensor:
     """torchvision's tensor resize: uint8 frames on CPU go through torch's native uint8 (PIL-compatible) kernel;
     elsewhere float interpolation, then clamp + round back to the input's integer dtype."""
     if tuple(image.shape[-2:]) == size:
@@ -186,7 +211,7 @@ def _interpolate(image: torch.Tensor, size: tuple[int, int], mode: str, antialia
 def torch_video_processor_class(base: type) -> type:
     """`base` (a transformers video processor class that keeps the base resize) with torch ops in place of its
     torchvision calls; same name, so configs it saves read as `base`'s."""
-    return type(base.__name__, (_TorchVideoOps, base), {"__module__": __name__, "__doc__": base.__doc__})
+    return type(base.__name__, (TorchVideoOps, base), {"__module__": __name__, "__doc__": base.__doc__})
 
 
 @cache

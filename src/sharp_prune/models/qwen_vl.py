@@ -145,32 +145,47 @@ def _qwen25_window_pairs(h: int, w: int, merge: int, vision: Any) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ tiny models
+def tiny_qwen_vl_config(family: str, num_layers: int, **token_ids: int) -> Any:
+    """The tiny configuration of `family` ("qwen2_vl" or "qwen2_5_vl"): a one-block ViT (patch 4, merge 2,
+    temporal patch 2) and a GQA text model with M-RoPE. `token_ids` overrides the tiny vocabulary's ids
+    (vision_start_token_id, vision_end_token_id, image_token_id, video_token_id, vocab_size, ...)."""
+    import transformers
+
+    vision = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, depth=1, num_heads=2)
+    if family == "qwen2_vl":
+        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+        config_cls = transformers.Qwen2VLConfig
+    else:
+        vision.update(
+            hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=16, fullatt_block_indexes=[0]
+        )
+        config_cls = transformers.Qwen2_5_VLConfig
+    ids = dict(
+        vision_start_token_id=tiny.VISION_START_ID,
+        vision_end_token_id=tiny.VISION_END_ID,
+        image_token_id=tiny.IMAGE_TOKEN_ID,
+        video_token_id=tiny.VIDEO_TOKEN_ID,
+    )
+    text = tiny.text_config(num_layers, rope=True)
+    for name in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
+        if name in token_ids:
+            text[name] = token_ids.pop(name)
+    ids.update(token_ids)
+    config = config_cls(text_config=text, vision_config=vision, **ids)
+    config.text_config.bos_token_id = text["bos_token_id"]
+    config.text_config.eos_token_id = text["eos_token_id"]
+    return config
+
+
 def _tiny_qwen_vl(family: str) -> Any:
     def build(num_layers: int, attn_implementation: str, dtype: torch.dtype, seed: int) -> nn.Module:
-        """A one-block ViT (patch 4, merge 2, temporal patch 2) and a GQA text model with M-RoPE."""
+        """The tiny configuration's model, with random weights."""
         import transformers
 
         torch.manual_seed(seed)
-        vision = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, depth=1, num_heads=2)
-        if family == "qwen2_vl":
-            vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
-            config_cls, cls = transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration
-        else:
-            vision.update(
-                hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=16, fullatt_block_indexes=[0]
-            )
-            config_cls, cls = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
-        config = config_cls(
-            text_config=tiny.text_config(num_layers, rope=True),
-            vision_config=vision,
-            vision_start_token_id=tiny.VISION_START_ID,
-            vision_end_token_id=tiny.VISION_END_ID,
-            image_token_id=tiny.IMAGE_TOKEN_ID,
-            video_token_id=tiny.VIDEO_TOKEN_ID,
-        )
-        config.text_config.bos_token_id = 1
-        config.text_config.eos_token_id = None
-        return tiny.finish(cls(config), attn_implementation, dtype)
+        names = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+        model = getattr(transformers, names[family])(tiny_qwen_vl_config(family, num_layers))
+        return tiny.finish(model, attn_implementation, dtype)
 
     return build
 
@@ -197,6 +212,14 @@ def tiny_inputs_qwen_vl(
     return inputs
 
 
+def torch_video_processors() -> tuple[type, ...]:
+    """Qwen2-VL's video processor on torch ops (Qwen2.5-VL checkpoints use it too), for machines without
+    torchvision; imported on first use."""
+    from .qwen_video_processing import Qwen2VLVideoProcessor
+
+    return (Qwen2VLVideoProcessor,)
+
+
 _QWEN_PATHS = ("model.language_model", "language_model")
 
 QWEN2_VL = ModelAdapter(
@@ -208,13 +231,13 @@ QWEN2_VL = ModelAdapter(
     blank_frame_needs_grid=True,
     model_types=("qwen2_vl",),
     processor_class="Qwen2VLProcessor",
+    video_processors=torch_video_processors,
     vision_flops=vision_flops_qwen_vl,
     lmms=LmmsWrapper(
         model_id="sharp_qwen2_vl",
         simple="lmms_eval.models.simple.qwen2_vl:Qwen2_VL",
         chat=None,
         default_pretrained="Qwen/Qwen2-VL-7B-Instruct",
-        needs_torchvision=True,
     ),
     tiny=TinyModel(build=_tiny_qwen_vl("qwen2_vl"), inputs=tiny_inputs_qwen_vl),
 )
@@ -228,13 +251,13 @@ QWEN2_5_VL = ModelAdapter(
     blank_frame_needs_grid=True,
     model_types=("qwen2_5_vl",),
     processor_class="Qwen2_5_VLProcessor",
+    video_processors=torch_video_processors,
     vision_flops=vision_flops_qwen_vl,
     lmms=LmmsWrapper(
         model_id="sharp_qwen2_5_vl",
         simple="lmms_eval.models.simple.qwen2_5_vl:Qwen2_5_VL",
         chat="lmms_eval.models.chat.qwen2_5_vl:Qwen2_5_VL",
         default_pretrained="Qwen/Qwen2.5-VL-7B-Instruct",
-        needs_torchvision=True,
     ),
     tiny=TinyModel(build=_tiny_qwen_vl("qwen2_5_vl"), inputs=tiny_inputs_qwen_vl),
 )

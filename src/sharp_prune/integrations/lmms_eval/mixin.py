@@ -40,31 +40,54 @@ def _torchvision_works() -> bool:
 
 class _TorchFreeAutoProcessor:
     """Stands in for `AutoProcessor` in an upstream module while it loads, on machines without torchvision:
-    transformers cannot build any video processor there, sharp-prune's torch-only one can (LLaVA-OneVision)."""
+    transformers cannot build any video processor there, sharp-prune's torch-only ones can (LLaVA-OneVision,
+    Qwen2-VL, Qwen2.5-VL)."""
 
     @staticmethod
     def from_pretrained(source: Any, *args: Any, **kwargs: Any) -> Any:
         from ...models.loading import load_processor
 
-        return load_processor(source)
+        return load_processor(source, **kwargs)
+
+
+def _quiet_tqdm(*args: Any, **kwargs: Any) -> Any:
+    """Upstream's progress bar, silenced: the wrapper runs upstream one request at a time and shows its own."""
+    from tqdm import tqdm
+
+    return tqdm(*args, **{**kwargs, "disable": True})
 
 
 @contextlib.contextmanager
-def _processor_without_torchvision(module_name: str) -> Iterator[None]:
-    """Where torchvision works, nothing changes; else the upstream module loads the torch-only processor."""
-    module = sys.modules[module_name]
-    if _torchvision_works() or not hasattr(module, "AutoProcessor"):
-        yield
-        return
-    original = module.AutoProcessor
-    module.AutoProcessor = _TorchFreeAutoProcessor
+def _patched(modules: list[str], replacements: dict[str, Any]) -> Iterator[None]:
+    """`replacements` set on each module (only where it has that name) for the block; restored after."""
+    saved = []
+    for module in (sys.modules[name] for name in dict.fromkeys(modules)):
+        for name, value in replacements.items():
+            if hasattr(module, name):
+                saved.append((module, name, getattr(module, name)))
+                setattr(module, name, value)
     try:
         yield
     finally:
-        module.AutoProcessor = original
+        for module, name, value in reversed(saved):
+            setattr(module, name, value)
 
 
-def _precheck(pretrained: str, model_types: tuple[str, ...], layer: int, needs_torchvision: bool) -> None:
+def _without_torchvision() -> dict[str, Any]:
+    """Where torchvision does not load, upstream's processor loading and qwen-vl-utils' video reading are
+    replaced by sharp-prune's torch-only ones; elsewhere nothing is."""
+    if _torchvision_works():
+        return {}
+    from .qwen_vision_info import process_vision_info
+
+    return {"AutoProcessor": _TorchFreeAutoProcessor, "process_vision_info": process_vision_info}
+
+
+def _upstream_modules(cls: type) -> list[str]:
+    return [c.__module__ for c in cls.__mro__ if c.__module__.startswith("lmms_eval.models.")]
+
+
+def _precheck(pretrained: str, model_types: tuple[str, ...], layer: int) -> None:
     """Checks that need only the checkpoint's config.json, before the weights load."""
     from transformers import AutoConfig
 
@@ -83,11 +106,19 @@ def _precheck(pretrained: str, model_types: tuple[str, ...], layer: int, needs_t
     num_layers = getattr(text, "num_hidden_layers", None)
     if num_layers is not None:
         check_layer(layer, num_layers, repr(pretrained))
-    if needs_torchvision and not _torchvision_works():
-        raise ModelLoadError(
-            f"{model_type}'s processor and qwen-vl-utils need torchvision, which does not import here; install "
-            "the torchvision build that matches your torch (e.g. `pip install torchvision` next to a CUDA torch)."
-        )
+
+
+def _check_videos(visuals: Any) -> None:
+    """Every video path among a document's visuals opens as a video (PyAV), before upstream reads it: a missing
+    or broken file raises `VideoError` here, and the document fails alone (upstream Qwen wrappers would drop
+    the video silently, or stop the whole run)."""
+    from ...video import probe_video
+
+    for visual in visuals if isinstance(visuals, (list, tuple)) else [visuals]:
+        if isinstance(visual, (list, tuple)):
+            _check_videos(visual)
+        elif isinstance(visual, (str, os.PathLike)):
+            probe_video(visual)
 
 
 class _VideoFailure:
@@ -187,7 +218,6 @@ class SharpPruneMixin:
     _sharp_model_id: str
     _sharp_model_types: tuple[str, ...]
     _sharp_default_pretrained: str
-    _sharp_needs_torchvision: bool = False
     _sharp_visual_arg: int = 2  # index of doc_to_visual in a simple request's args (chat: doc_to_messages)
 
     def __init__(self, **kwargs: Any) -> None:
@@ -195,8 +225,8 @@ class SharpPruneMixin:
         config, options, rest = split_model_args(kwargs, upstream=upstream)
         rest.setdefault("pretrained", self._sharp_default_pretrained)
         _place(upstream, rest)
-        _precheck(str(rest["pretrained"]), self._sharp_model_types, config.layer, self._sharp_needs_torchvision)
-        with _processor_without_torchvision(upstream.__init__.__module__):
+        _precheck(str(rest["pretrained"]), self._sharp_model_types, config.layer)
+        with _patched(_upstream_modules(type(self)), _without_torchvision()):
             super().__init__(**rest)
         if hasattr(self, "_image_processor"):
             self._image_processor = _EvalProcessor(self._image_processor, self._read_video)
@@ -264,19 +294,37 @@ class SharpPruneMixin:
 
         def visuals(*a: Any, **k: Any) -> Any:
             stats.begin(task, split, doc_id, padding=padding)
-            return original(*a, **k)
+            result = original(*a, **k)
+            if index == self._sharp_visual_arg:  # a simple request's visuals: paths or images
+                _check_videos(result)
+            return result
 
         args[index] = visuals
         return dataclasses.replace(request, arguments=tuple(args))
 
     def generate_until(self, requests: list[Any]) -> list[Any]:
-        """Upstream's `generate_until`, with one statistics row per request (per batch when batch_size > 1:
-        upstream reads a batch's visuals through its first request, so rows cannot name their docs)."""
+        """Upstream's `generate_until`, one request at a time, with one statistics row per request; a document
+        whose video cannot be read (`VideoError`) is answered "" and counted failed, and the run goes on.
+        With batch_size > 1 upstream runs whole batches (one row per batch: upstream reads a batch's visuals
+        through its first request, so rows cannot name their documents)."""
+        patches = _without_torchvision()
+        modules = _upstream_modules(type(self))
         if int(getattr(self, "batch_size", 1)) > 1:
-            with self.prune_stats.request_scope():
+            with self.prune_stats.request_scope(), _patched(modules, patches):
                 return super().generate_until(requests)
-        with self.prune_stats.request_scope():
-            return super().generate_until([self._tracked(r) for r in requests])
+        from tqdm import tqdm
+
+        answers: list[Any] = []
+        quiet = {**patches, "tqdm": _quiet_tqdm}
+        with self.prune_stats.request_scope(), _patched(modules, quiet):
+            for request in tqdm(requests, disable=int(getattr(self, "rank", 0)) != 0, desc="Model Responding"):
+                try:
+                    answers.extend(super().generate_until([self._tracked(request)]))
+                except VideoError as err:
+                    logger.error("sharp-prune: %s", err)
+                    self.prune_stats.fail(str(err))
+                    answers.append("")
+        return answers
 
     def loglikelihood(self, requests: list[Any]) -> list[Any]:
         """Not available pruned: scoring a continuation needs logits at every position, and layers >= K

@@ -39,7 +39,6 @@ def _build(name: str) -> type:
             "_sharp_model_id": model_id,
             "_sharp_model_types": family.model_types,
             "_sharp_default_pretrained": wrapper.default_pretrained,
-            "_sharp_needs_torchvision": wrapper.needs_torchvision,
         }
         cls = type(name, (SharpPruneMixin, upstream), attributes)
         setattr(sys.modules[__name__], name, cls)  # built once; pickling finds it by name
