@@ -249,14 +249,13 @@ def tiny_qwen_vl_checkpoint(
     )
     config.tie_word_embeddings = config.text_config.tie_word_embeddings = False  # untied: answers in words
     torch.manual_seed(seed)
-    names = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
-    model = getattr(transformers, names[family])(config).eval()
+    model = getattr(transformers, FAMILIES[family].class_names[0])(config).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = pad_id
     model.save_pretrained(folder)
 
     pixels = dict(patch_size=4, temporal_patch_size=2, merge_size=2, min_pixels=16 * 16, max_pixels=64 * 64)
-    processor_cls = getattr(transformers, "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor")
+    processor_cls = getattr(transformers, FAMILIES[family].processor_class)
     if transformers.utils.is_torchvision_available():
         from transformers import Qwen2VLVideoProcessor as video_cls
     else:

@@ -183,8 +183,8 @@ def _tiny_qwen_vl(family: str) -> Any:
         import transformers
 
         torch.manual_seed(seed)
-        names = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
-        model = getattr(transformers, names[family])(tiny_qwen_vl_config(family, num_layers))
+        entry = QWEN2_VL if family == "qwen2_vl" else QWEN2_5_VL
+        model = getattr(transformers, entry.class_names[0])(tiny_qwen_vl_config(family, num_layers))
         return tiny.finish(model, attn_implementation, dtype)
 
     return build
