@@ -4,8 +4,9 @@ Parse the pruning config out of the model args and check it against config.json,
 load, apply `sharp_prune.apply`, and collect a statistics row per request. The model classes are built from
 the model families' entries (`wrappers.py`).
 
-A document whose video cannot be read (a missing or broken file) fails alone: the error goes to lmms-eval's
-log and to its statistics row, the document is answered "" by upstream's own error path, and the run goes on.
+Upstream's `generate_until` runs one request at a time; a document whose video cannot be read (a missing or
+broken file) raises `VideoError`, which fails it alone: the error goes to lmms-eval's log and to its
+statistics row, the document is answered "", and the run goes on.
 """
 
 from __future__ import annotations
@@ -122,30 +123,11 @@ def _check_videos(visuals: Any) -> None:
 
 
 class _VideoFailure:
-    """A video that could not be read: the processor turns it into inputs that fail inside `generate`'s try."""
+    """A video that could not be read, carried to the processor call, which raises its error: upstream
+    `llava_hf`'s own try around `load_video` would answer the document twice."""
 
     def __init__(self, message: str) -> None:
         self.message = message
-
-
-class _FailedInputs:
-    """Model inputs of a document whose video failed: unpacking them (``model.generate(**inputs)``, which every
-    upstream wrapper does inside its try block) raises the video's error, so the document alone fails."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-    def to(self, *args: Any, **kwargs: Any) -> _FailedInputs:
-        return self
-
-    def keys(self) -> Any:
-        raise VideoError(self.message)
-
-    def __getitem__(self, name: str) -> Any:
-        raise VideoError(self.message)
-
-    def __getattr__(self, name: str) -> Any:
-        raise VideoError(self.message)
 
 
 class _EvalProcessor:
@@ -168,8 +150,8 @@ class _EvalProcessor:
         if isinstance(videos, (list, tuple)):
             videos = [self._read(v) if isinstance(v, (str, os.PathLike)) else v for v in videos] or None
             failed = [v for v in videos or () if isinstance(v, _VideoFailure)]
-            if failed:
-                return _FailedInputs(failed[0].message)
+            if failed:  # outside upstream's try blocks: `generate_until` fails this document alone
+                raise VideoError(failed[0].message)
         return self._processor(*args, images=images, videos=videos, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -274,13 +256,10 @@ class SharpPruneMixin:
                 self.prune_stats.note(f"{total} frames, fewer than max_frames_num={wanted}")
             return read_video(path, min(wanted, total)).frames
         except VideoError as err:
-            logger.error("sharp-prune: %s", err)
-            self.prune_stats.fail(str(err))
             return _VideoFailure(str(err))
 
     def load_video(self, video_path: Any, max_frames_num: int) -> Any:
-        """Upstream's own video loading (the simple wrappers), through PyAV: never raises, so that upstream's
-        error path answers a failed document exactly once."""
+        """Upstream's own video loading (the simple wrappers), through PyAV: never raises (see `_VideoFailure`)."""
         return self._read_video(video_path)  # uint8 [F, H, W, 3], or a `_VideoFailure`
 
     def _tracked(self, request: Any) -> Any:
