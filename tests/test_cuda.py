@@ -78,3 +78,32 @@ def test_speed_times_with_cuda_events_and_reports_cuda_memory(tmp_path):
     for result in payload["results"]:
         assert result["median_s"] > 0 and len(result["times_s"]) == 2
         assert result["peak_bytes"] is not None and result["peak_delta_bytes"] is not None
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("extra", [{}, {"posc_prior": "cached"}])
+def test_a_pruned_forward_syncs_only_where_listed(family, extra):
+    """CUDA's sync debug mode sees every host sync of a ShaRP prefill; those in sharp-prune's files are the listed
+    sites, and no more of them than the CPU counter finds on the same forward."""
+    import warnings
+    from pathlib import Path
+
+    from sharp_prune.measure.host_syncs import PRUNING_PATH_SYNCS, count_host_syncs
+
+    package = Path(sp.__file__).resolve().parent
+    listed = {site.split(":")[0] for site in PRUNING_PATH_SYNCS}
+    gpu = tiny_model(family, dtype=torch.bfloat16).cuda()
+    inputs = _on_cuda(tiny_inputs(gpu, [3], [4]), torch.bfloat16)
+    with sp.apply(gpu, sp.PruneConfig(method="sharp", retention=0.25, layer=2, **extra)), torch.no_grad():
+        gpu(**inputs)
+        torch.cuda.synchronize()
+        with count_host_syncs() as counted, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                gpu(**inputs)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+    ours = [Path(w.filename).resolve() for w in caught if Path(w.filename).resolve().is_relative_to(package)]
+    assert {p.relative_to(package).as_posix() for p in ours} <= listed
+    assert len(ours) <= len(counted)

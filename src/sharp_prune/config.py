@@ -200,13 +200,18 @@ class PruneConfig:
         return False
 
     # ------------------------------------------------------------------ steps a method owns (called when it asks)
-    def segment(self, visual_embeds: Any, frame_ids: Any) -> tuple[Any, Any]:
+    def segment(self, visual_embeds: Any, frame_ids: Any, num_frames: int | None = None) -> tuple[Any, Any]:
         """One sample's scene segments: ([N] segment id per visual token, [F-1] frame-to-frame similarity).
         Called when `needs_segments`."""
         raise NotImplementedError(f"{type(self).__name__} segments nothing")
 
+    def plan_segments(self, segment_map: Any, key_valid: Any) -> Any:
+        """The segments' layout on the host (`num_segments` per sample, and what `attend_before_k` needs), built
+        once per prefill. Called when `needs_segments`."""
+        raise NotImplementedError(f"{type(self).__name__} segments nothing")
+
     def attend_before_k(
-        self, query: Any, key: Any, value: Any, segment_map: Any, key_valid: Any, scaling: float
+        self, query: Any, key: Any, value: Any, segment_map: Any, key_valid: Any, scaling: float, plan: Any = None
     ) -> Any:
         """Attention of one layer < K under the method's mask ([b, L, H, d]). Called when `segment_mask`."""
         raise NotImplementedError(f"{type(self).__name__} changes no attention")

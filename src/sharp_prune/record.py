@@ -48,6 +48,9 @@ class PruneRecord:
             pruned (the outputs have every position).
         config: the `PruneConfig` as a dict.
 
+    Tensors stay on the model's device (moving them to the host would make every prefill wait for the device);
+    `to_dict()` and `.tolist()` read them.
+
     A pruned forward returns outputs for the kept positions only: `logits[:, i]` belongs to original position
     `output_positions[sample][i]`; the last row is always the prompt's last token.
     """

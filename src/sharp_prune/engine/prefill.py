@@ -56,6 +56,7 @@ class Prefill(Forward):
         self.segments: torch.Tensor | None = None  # [b, N] segment id of each video token
         self.frame_similarity: list[torch.Tensor] | None = None
         self.segment_map: torch.Tensor | None = None  # [b, L] segment id, -1 elsewhere (SegM's mask)
+        self.segment_plan: Any = None  # the segments on the host, built once (the method's `plan_segments`)
         self.segment_bias: torch.Tensor | None = None  # [b, 1, L, L] SegM's additive mask (eager only)
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None  # layer K-1's cos/sin (to remove RoPE)
         self.observed: set[int] = set()  # layers < K whose attention went through the registered function
@@ -103,13 +104,16 @@ class Prefill(Forward):
             return
         layout = self.located.layout
         visual = gather_along(embeds, layout.positions, dim=1)
-        rows = [self.config.segment(visual[i], layout.frame_ids[i]) for i in range(layout.batch_size)]
+        frames = layout.frames  # known on the host when the layout came from a frame map
+        rows = [self.config.segment(visual[i], layout.frame_ids[i], frames) for i in range(layout.batch_size)]
         self.segments = torch.stack([segments for segments, _ in rows])
         if self.config.record_scores:
-            self.frame_similarity = [similarity.detach().cpu() for _, similarity in rows]
+            self.frame_similarity = [similarity.detach() for _, similarity in rows]
+        segment_map = torch.full(embeds.shape[:2], -1, dtype=torch.long, device=embeds.device)
+        segment_map.scatter_(1, layout.positions, self.segments)
+        self.segment_plan = self.config.plan_segments(segment_map, self.located.key_valid)
         if self.config.segment_mask:
-            self.segment_map = torch.full(embeds.shape[:2], -1, dtype=torch.long, device=embeds.device)
-            self.segment_map.scatter_(1, layout.positions, self.segments)
+            self.segment_map = segment_map
 
     # ---------------------------------------------------------------------------- layers 0..K-1
     def keep_rope(self, call: hf.LayerCall) -> None:
@@ -143,7 +147,9 @@ class Prefill(Forward):
                 self.segment_bias = bias.masked_fill(~allowed, torch.finfo(query.dtype).min)
             return self.parts.base_attention(module, query, key, value, self.segment_bias, **kwargs)
         scaling = hf.attention_scaling(module)
-        output = self.config.attend_before_k(query, key, value, self.segment_map, self.located.key_valid, scaling)
+        output = self.config.attend_before_k(
+            query, key, value, self.segment_map, self.located.key_valid, scaling, self.segment_plan
+        )
         return output, None
 
     def score(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor) -> None:
@@ -283,6 +289,7 @@ class Prefill(Forward):
                     hidden=visual_hidden,
                     config=self.config,
                     segments=self.segments,
+                    num_segments=self.segment_plan.num_segments if self.segment_plan is not None else None,
                 )
             )
 

@@ -32,6 +32,8 @@ class SelectionInput:
         hidden: [b, N, D] hidden states of the visual tokens entering layer K (None unless asked for).
         config: the method's config (its hyper-parameters, the seed).
         segments: [b, N] segment id of each visual token, when the method asks for them.
+        num_segments: per sample, the number of segments (known on the host, so that selectors need not ask
+            the device), when `segments` is given.
     """
 
     layout: VisualLayout
@@ -40,6 +42,7 @@ class SelectionInput:
     hidden: torch.Tensor | None
     config: PruneConfig
     segments: torch.Tensor | None = None
+    num_segments: list[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..config import PruneConfig, register_method
 from .base import Selection, SelectionInput, Selector
-from .diversity import farthest_point_sampling
+from .diversity import farthest_point_sampling, fps_flops
 
 
 class DivPruneSelector(Selector):
@@ -20,7 +20,9 @@ class DivPruneSelector(Selector):
         for hidden in inputs.hidden:
             unit = F.normalize(hidden.float(), dim=-1)
             nothing = torch.zeros(unit.shape[0], dtype=torch.bool, device=unit.device)
-            picks = farthest_point_sampling(unit, inputs.budget, kept=nothing, candidates=~nothing)
+            picks = farthest_point_sampling(
+                unit, inputs.budget, kept=nothing, candidates=~nothing, num_candidates=unit.shape[0], num_kept=0
+            )
             rows.append(picks.sort().values)
         return Selection(keep=torch.stack(rows))
 
@@ -40,5 +42,5 @@ class DivPruneConfig(PruneConfig):
         return True
 
     def selection_flops(self, num_visual: int, budget: int, hidden_size: int, num_segments: int) -> int:
-        # farthest-point sampling: one N x D product per pick
-        return 2 * num_visual * hidden_size * budget
+        # farthest-point sampling: the first pick against the mean, then blocks of candidates against every token
+        return fps_flops(num_visual, budget - 1, hidden_size)

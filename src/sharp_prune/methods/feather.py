@@ -8,7 +8,7 @@ import torch
 
 from ..config import PruneConfig, check_range, register_method
 from .base import Selection, SelectionInput, Selector
-from .uniform import uniform_indices
+from .uniform import frame_sizes, uniform_indices
 
 
 class FeatherSelector(Selector):
@@ -17,14 +17,17 @@ class FeatherSelector(Selector):
     def select(self, inputs: SelectionInput) -> Selection:
         uniform_count = min(inputs.budget, round(self.config.feather_uniform * inputs.budget))
         rows = []
-        for frame_ids, scores in zip(inputs.layout.frame_ids, inputs.scores, strict=True):
+        frame_ids = inputs.layout.frame_ids
+        sizes = frame_sizes(frame_ids) if uniform_count else [None] * len(frame_ids)
+        for ids, scores, frames in zip(frame_ids, inputs.scores, sizes, strict=True):
             chosen = torch.zeros_like(scores, dtype=torch.bool)
-            if uniform_count:
-                chosen[uniform_indices(frame_ids, uniform_count)] = True
-            rest = inputs.budget - int(chosen.sum())
+            if uniform_count:  # uniform_count distinct tokens
+                chosen[uniform_indices(ids, uniform_count, frames)] = True
+            rest = inputs.budget - uniform_count
             if rest:
                 chosen[torch.topk(scores.masked_fill(chosen, -torch.inf), rest).indices] = True
-            rows.append(chosen.nonzero().flatten())
+            # the B chosen in index order, without nonzero() (their number is known)
+            rows.append(torch.argsort((~chosen).to(torch.uint8), stable=True)[: inputs.budget])
         return Selection(keep=torch.stack(rows))
 
 

@@ -10,7 +10,21 @@ from ..config import PruneConfig, register_method
 from .base import Selection, SelectionInput, Selector
 
 
-def uniform_indices(frame_ids: torch.Tensor, budget: int) -> torch.Tensor:
+def frame_sizes(frame_ids: torch.Tensor) -> list[list[int]]:
+    """Per sample, the token count of each frame present, in order: [b, N] frame ids, read in one host sync."""
+    sizes = []
+    for row in frame_ids.tolist():
+        counts: list[int] = []
+        for i, frame in enumerate(row):
+            if i and frame == row[i - 1]:
+                counts[-1] += 1
+            else:
+                counts.append(1)
+        sizes.append(counts)
+    return sizes
+
+
+def uniform_indices(frame_ids: torch.Tensor, budget: int, sizes: list[int] | None = None) -> torch.Tensor:
     """Even stride across frames and within each frame.
 
     Frames get quotas proportional to their size (largest remainder, ties to earlier frames); when the
@@ -20,12 +34,12 @@ def uniform_indices(frame_ids: torch.Tensor, budget: int) -> torch.Tensor:
     Args:
         frame_ids: [N] non-decreasing frame index of each visual token.
         budget: B, 1 <= B <= N.
+        sizes: the frames' token counts when the caller has read them (`frame_sizes`), else read here.
 
     Returns:
         [B] sorted local indices.
     """
-    _, counts = torch.unique_consecutive(frame_ids, return_counts=True)
-    counts_list = counts.tolist()
+    counts_list = sizes if sizes is not None else frame_sizes(frame_ids[None])[0]
     num_frames, total = len(counts_list), sum(counts_list)
     if budget < num_frames:
         chosen = [int((i + 0.5) * num_frames / budget) for i in range(budget)]
@@ -51,7 +65,11 @@ def uniform_indices(frame_ids: torch.Tensor, budget: int) -> torch.Tensor:
 
 class UniformSelector(Selector):
     def select(self, inputs: SelectionInput) -> Selection:
-        rows = [uniform_indices(frame_ids, inputs.budget) for frame_ids in inputs.layout.frame_ids]
+        frame_ids = inputs.layout.frame_ids
+        rows = [
+            uniform_indices(ids, inputs.budget, sizes)
+            for ids, sizes in zip(frame_ids, frame_sizes(frame_ids), strict=True)
+        ]
         return Selection(keep=torch.stack(rows))
 
 

@@ -36,8 +36,10 @@ def locate_llava_onevision(model: nn.Module, call: ModelCall, declared: torch.Te
     frames = call.pixel_values_videos.shape[1] if call.pixel_values_videos is not None else None
     frame_map = torch.full(input_ids.shape, -1, dtype=torch.long, device=input_ids.device)
     is_video = input_ids == video_id
+    counts = is_video.sum(dim=1).tolist()  # the adapter's one host sync: how many video tokens each sample has
+    order = torch.argsort((~is_video).to(torch.uint8), dim=1, stable=True)  # video positions first, in order
     for row in range(input_ids.shape[0]):
-        pos = is_video[row].nonzero().flatten()
+        pos = order[row, : counts[row]]
         if pos.numel() == 0:
             continue
         f = frames if frames is not None else (pos.numel() - 1) // per_frame

@@ -25,11 +25,16 @@ from .base import LmmsWrapper, ModelAdapter, TinyModel, black_pixels, input_ids_
 def _frames_from_grids(
     is_video: torch.Tensor, grid_thw: torch.Tensor, merge: int
 ) -> tuple[torch.Tensor, tuple[int, int] | None]:
-    videos = [(int(t), int(h) // merge, int(w) // merge) for t, h, w in grid_thw.tolist()]
+    # the grids and each sample's video token count, read from the device at once (the adapter's host sync)
+    counts = is_video.sum(dim=1)
+    values = torch.cat([grid_thw.to(counts.device).long().flatten(), counts]).tolist()
+    grids, counts = values[: grid_thw.numel()], values[grid_thw.numel() :]
+    videos = [(t, h // merge, w // merge) for t, h, w in zip(grids[0::3], grids[1::3], grids[2::3], strict=True)]
     frame_map = torch.full(is_video.shape, -1, dtype=torch.long, device=is_video.device)
+    order = torch.argsort((~is_video).to(torch.uint8), dim=1, stable=True)  # video positions first, in order
     next_video = 0
     for row in range(is_video.shape[0]):
-        pos = is_video[row].nonzero().flatten()
+        pos = order[row, : counts[row]]
         start, frame_offset = 0, 0
         while start < pos.numel():
             if next_video >= len(videos):
@@ -71,8 +76,6 @@ def _frames_from_positions(
 def locate_qwen_vl(model: nn.Module, call: ModelCall, declared: torch.Tensor | None) -> VisualLayout | None:
     input_ids = input_ids_or_raise("qwen_vl", call)
     is_video = input_ids == model.config.video_token_id
-    if not bool(is_video.any()):
-        return None
     grid_thw = call.video_grid_thw  # None under generate, which encodes the video before the prefill
     position_ids = call.position_ids
     if grid_thw is not None:
@@ -81,6 +84,8 @@ def locate_qwen_vl(model: nn.Module, call: ModelCall, declared: torch.Tensor | N
     elif isinstance(position_ids, torch.Tensor) and position_ids.ndim == 3 and position_ids.shape[0] in (3, 4):
         frame_map, grid = _frames_from_positions(is_video, position_ids)
     else:
+        if not bool(is_video.any()):
+            return None
         raise InputError(
             "qwen_vl: video tokens found but neither `video_grid_thw` nor 3-D `position_ids`; pass the "
             "processor's outputs to the model (or to generate)."

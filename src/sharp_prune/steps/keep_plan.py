@@ -57,7 +57,10 @@ def build_keep_plan(
     keep = torch.ones(b, seq_len, dtype=torch.bool, device=layout.positions.device)
     keep.scatter_(1, layout.positions, False)
     keep.scatter_(1, kept_visual, True)
-    index = keep.nonzero()[:, 1].view(b, -1)
+    # every sample keeps its L - N non-visual positions and its B distinct slots: a stable sort puts them first,
+    # in order, without nonzero() (which waits for the device to say how many there are)
+    kept_len = seq_len - layout.num_visual + keep_local.shape[1]
+    index = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :kept_len].contiguous()
     return KeepPlan(index=index, kept_visual=kept_visual, seq_len=seq_len, visual_hidden=visual_hidden)
 
 

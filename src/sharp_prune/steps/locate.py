@@ -27,12 +27,14 @@ class VisualLayout:
         span_end: [b] long, the last position of the video span, counting video tokens that are never pruned
             (LLaVA-OV's trailing newline, a video token that ends the prompt); None: the last prunable one.
             Text query rows are the text tokens after it.
+        frames: the number of frames (`frame_ids.max() + 1`) when known on the host, else None.
     """
 
     positions: torch.Tensor
     frame_ids: torch.Tensor
     grid: tuple[int, int] | None = None
     span_end: torch.Tensor | None = None
+    frames: int | None = None
 
     @property
     def video_end(self) -> torch.Tensor:
@@ -49,6 +51,8 @@ class VisualLayout:
 
     @property
     def num_frames(self) -> int:
+        if self.frames is not None:
+            return self.frames
         return int(self.frame_ids.max().item()) + 1 if self.num_visual else 0
 
     @classmethod
@@ -61,7 +65,12 @@ class VisualLayout:
         if frame_map.ndim != 2:
             raise InputError(f"visual frame map must be [batch, seq_len], got shape {tuple(frame_map.shape)}.")
         is_visual = frame_map >= 0
-        counts = is_visual.sum(dim=1).tolist()
+        # Frame indices must not go down along the sequence: compare each visual token with the running
+        # maximum of the tokens before it (text is -1, so it never raises the maximum).
+        running = frame_map.cummax(dim=1).values
+        goes_down = is_visual[:, 1:] & (frame_map[:, 1:] < running[:, :-1])
+        summary = torch.stack([is_visual.sum(dim=1), frame_map.max(dim=1).values, goes_down.any(dim=1).long()])
+        counts, last_frame, down = summary.tolist()  # the host sync of this step: N sets every shape after it
         if max(counts) == 0:
             return None
         if 0 in counts:
@@ -76,16 +85,18 @@ class VisualLayout:
                 f"{counts}; sample the same number of frames at the same size per video, or run the samples "
                 "one at a time."
             )
-        b, n = frame_map.shape[0], counts[0]
-        # nonzero() walks rows in order, so positions come out sorted per sample.
-        positions = is_visual.nonzero()[:, 1].view(b, n)
-        frame_ids = frame_map.gather(1, positions)
-        if n > 1 and bool((frame_ids.diff(dim=1) < 0).any()):
+        if any(down):
             raise InputError("frame indices of visual tokens must be non-decreasing along the sequence.")
-        return cls(positions=positions, frame_ids=frame_ids, grid=grid)
+        n = counts[0]
+        # A stable sort puts each sample's visual positions first, in order (nonzero() would wait for the device).
+        positions = torch.argsort((~is_visual).to(torch.uint8), dim=1, stable=True)[:, :n].contiguous()
+        frame_ids = frame_map.gather(1, positions)
+        return cls(positions=positions, frame_ids=frame_ids, grid=grid, frames=max(last_frame) + 1)
 
 
-def protect_last_token(layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int) -> VisualLayout | None:
+def protect_last_token(
+    layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int, ends: list[int] | None = None
+) -> VisualLayout | None:
     """The layout without the prompt's last token when that token is a video token.
 
     The last position yields the next-token logits (and `generate`'s first token): it is never pruned. It leaves
@@ -94,18 +105,17 @@ def protect_last_token(layout: VisualLayout, key_valid: torch.Tensor | None, seq
 
     Raises `InputError` when some samples of the batch end in a video token and others do not (the samples
     would keep different numbers of video tokens).
+
+    `ends`: per sample, 1 where it ends in a video token, when the caller has read it already (else read here).
     """
-    device = layout.positions.device
-    if key_valid is None:
-        last = torch.full((layout.batch_size,), seq_len - 1, device=device)
-    else:
-        last = torch.where(key_valid.to(device), torch.arange(seq_len, device=device), -1).max(dim=1).values
-    ends_in_video = layout.positions[:, -1] == last  # positions are sorted: only the last one can be it
-    count = int(ends_in_video.sum())
+    last = _last_real(layout, key_valid, seq_len)
+    if ends is None:
+        ends = (layout.positions[:, -1] == last).long().tolist()  # positions are sorted: only the last can be it
+    count = sum(ends)
     if count == 0:
         return layout
     if count != layout.batch_size:
-        rows = ends_in_video.nonzero().flatten().tolist()
+        rows = [i for i, e in enumerate(ends) if e]
         raise InputError(
             f"sample(s) {rows} of the batch end with a video token and the others do not; the last token is never "
             "pruned (it gives the next-token logits), so those samples would keep one video token fewer. Put text "
@@ -119,6 +129,14 @@ def protect_last_token(layout: VisualLayout, key_valid: torch.Tensor | None, seq
         grid=layout.grid,
         span_end=torch.maximum(layout.video_end, last),
     )
+
+
+def _last_real(layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int) -> torch.Tensor:
+    """[b] the last non-padding position of each sample."""
+    device = layout.positions.device
+    if key_valid is None:
+        return torch.full((layout.batch_size,), seq_len - 1, device=device)
+    return torch.where(key_valid.to(device), torch.arange(seq_len, device=device), -1).max(dim=1).values
 
 
 def frame_map_for_span(
@@ -170,9 +188,12 @@ def checked_frame_map(frame_map: Any) -> torch.Tensor:
 
 
 def query_rows(
-    layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int, which: str
+    layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int, which: str, text_after: list[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[b, R] query positions and validity: the last real token, or every text token after the video."""
+    """[b, R] query positions and validity: the last real token, or every text token after the video.
+
+    `text_after`: per sample, the number of real text tokens after the video, when the caller has read it.
+    """
     device = layout.positions.device
     b = layout.batch_size
     positions = torch.arange(seq_len, device=device).expand(b, -1)
@@ -182,12 +203,14 @@ def query_rows(
         return last[:, None], torch.ones(b, 1, dtype=torch.bool, device=device)
     rows_mask = (positions > layout.video_end[:, None]) & valid
     counts = rows_mask.sum(dim=1)
-    if int(counts.min()) == 0:
+    if text_after is None:
+        text_after = counts.tolist()
+    if min(text_after) == 0:
         raise InputError(
             "scoring with text queries needs at least one text token after the last video token in every "
             "sample; put the question after the video, or use a method that scores with the last token."
         )
-    width = int(counts.max())
+    width = max(text_after)
     # Stable sort puts each sample's query rows first, in order; pad with the last row, marked invalid.
     order = torch.sort((~rows_mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
     query_valid = torch.arange(width, device=device)[None, :] < counts[:, None]
@@ -204,6 +227,7 @@ class Located:
         key_valid: [b, L] bool, False at padding (None: no padding mask).
         budget: B, video slots per sample that continue past layer K.
         query_index, query_valid: [b, R] the rows that score the video at K-1 (None: the method scores nothing).
+        num_query_rows: per sample, the valid query rows (None: the method scores nothing, or not read yet).
     """
 
     layout: VisualLayout
@@ -212,6 +236,7 @@ class Located:
     budget: int
     query_index: torch.Tensor | None = None
     query_valid: torch.Tensor | None = None
+    num_query_rows: list[int] | None = None
 
 
 def locate(
@@ -228,18 +253,38 @@ def locate(
     """
     if layout is None:
         return None
-    if key_valid is not None and bool((~key_valid.gather(1, layout.positions)).any()):
+    # Everything the host must know before the budget and the query rows, read from the device at once.
+    valid = key_valid.bool() if key_valid is not None else None
+    last = _last_real(layout, valid, seq_len)
+    ends = layout.positions[:, -1] == last
+    after = torch.arange(seq_len, device=last.device)[None, :] > layout.video_end[:, None]
+    text_after = (after & valid).sum(dim=1) if valid is not None else after.sum(dim=1)
+    padded = (~valid.gather(1, layout.positions)).any(dim=1) if valid is not None else torch.zeros_like(ends)
+    padded, ends, text_after = torch.stack([padded.long(), ends.long(), text_after]).tolist()
+    if any(padded):
         raise InputError("some visual tokens are masked out as padding in attention_mask; check the inputs.")
-    layout = protect_last_token(layout, key_valid, seq_len)
-    return None if layout is None else located_for(layout, key_valid, seq_len, budget_of, query)
+    layout = protect_last_token(layout, key_valid, seq_len, ends)
+    if layout is None:
+        return None
+    # a sample that ends in a video token has no text after it either way
+    return located_for(layout, key_valid, seq_len, budget_of, query, text_after)
 
 
 def located_for(
-    layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int, budget_of: Any, query: str
+    layout: VisualLayout,
+    key_valid: torch.Tensor | None,
+    seq_len: int,
+    budget_of: Any,
+    query: str,
+    text_after: list[int] | None = None,
 ) -> Located:
-    """`Located` of a layout: its budget, and the query rows for `query`."""
+    """`Located` of a layout: its budget, and the query rows for `query` (`text_after`: see `query_rows`)."""
     located = Located(layout=layout, seq_len=seq_len, key_valid=key_valid, budget=budget_of(layout.num_visual))
     if query == "none":
         return located
-    index, valid = query_rows(layout, key_valid, seq_len, query)
-    return replace(located, query_index=index, query_valid=valid)
+    index, valid = query_rows(layout, key_valid, seq_len, query, text_after)
+    if query == "last":
+        rows = [1] * layout.batch_size
+    else:
+        rows = text_after if text_after is not None else valid.sum(dim=1).tolist()
+    return replace(located, query_index=index, query_valid=valid, num_query_rows=rows)

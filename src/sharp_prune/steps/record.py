@@ -13,7 +13,8 @@ from .pre_stage import PreStage
 
 
 def _rows(tensor: torch.Tensor | None) -> list[torch.Tensor] | None:
-    return None if tensor is None else list(tensor.detach().cpu().unbind(0))
+    # Views on the model's device: copying to the host here would make every prefill wait for the device.
+    return None if tensor is None else list(tensor.detach().unbind(0))
 
 
 def prefill_record(
@@ -54,12 +55,12 @@ def prefill_record(
         kept_len=plan.kept_len,
         num_visual=[first.num_visual] * layout.batch_size,
         budget=[plan.kept_visual.shape[1]] * layout.batch_size,
-        keep_positions=list(kept.cpu().unbind(0)),
-        visual_positions=list(first.positions.cpu().unbind(0)),
-        frame_ids=list(first.frame_ids.cpu().unbind(0)),
+        keep_positions=_rows(kept),
+        visual_positions=_rows(first.positions),
+        frame_ids=_rows(first.frame_ids),
         pre_kept=[layout.num_visual] * layout.batch_size if pre is not None else None,
         pre_keep_positions=_rows(pre.plan.kept_visual) if pre is not None else None,
-        num_query_rows=located.query_valid.sum(dim=1).tolist() if located.query_valid is not None else None,
+        num_query_rows=located.num_query_rows,
         attention_mask=_rows(original.key_valid),
         scores=_rows(scores) if keep_scores else None,
         raw_scores=_rows(raw_scores) if keep_scores else None,

@@ -18,6 +18,7 @@ import torch
 
 from ...config import PruneConfig, check_choice, check_range, check_type, register_method
 from ...errors import ConfigError
+from ..diversity import fps_flops
 from . import posc, regd, segm
 from .select import ShaRPSelector
 
@@ -123,11 +124,17 @@ class ShaRPConfig(PruneConfig):
                 )
 
     # ------------------------------------------------------------------ the steps it owns
-    def segment(self, visual_embeds: torch.Tensor, frame_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment(
+        self, visual_embeds: torch.Tensor, frame_ids: torch.Tensor, num_frames: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """SegM's scene segments of one sample: ([N] segment id per visual token, [F-1] frame-to-frame cosine)."""
-        descriptors = segm.frame_descriptors(visual_embeds, frame_ids)
+        descriptors = segm.frame_descriptors(visual_embeds, frame_ids, num_frames)
         frame_segments = segm.segment_frames(descriptors, self.segm_tau, self.segm_max_segments)
         return frame_segments[frame_ids], (descriptors[:-1] * descriptors[1:]).sum(dim=-1)
+
+    def plan_segments(self, segment_map: torch.Tensor, key_valid: torch.Tensor | None) -> segm.SegmentPlan:
+        """Where the segments sit, on the host (one device sync per prefill; see `segm.plan_segments`)."""
+        return segm.plan_segments(segment_map, key_valid, self.segm_max_segments)
 
     def attend_before_k(
         self,
@@ -137,9 +144,10 @@ class ShaRPConfig(PruneConfig):
         segment_map: torch.Tensor,
         key_valid: torch.Tensor | None,
         scaling: float,
+        plan: segm.SegmentPlan | None = None,
     ) -> torch.Tensor:
         """SegM's attention of one layer < K, block by block ([b, L, H, d]; no L x L mask)."""
-        return segm.segment_attention(query, key, value, segment_map, key_valid, scaling, self.segm_within)
+        return segm.segment_attention(query, key, value, segment_map, key_valid, scaling, self.segm_within, plan)
 
     def dense_mask_before_k(self, segment_map: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
         """SegM's mask as [b, 1, L, L] bool, for implementations that materialise L x L weights anyway (eager)."""
@@ -178,7 +186,10 @@ class ShaRPConfig(PruneConfig):
             return 0
         registers = self.regd_registers if self.regd_registers is not None else num_segments
         selected = budget - min(registers, budget // 8)
-        return regd.dedup_flops(num_visual, selected - round(self.regd_rho * selected), hidden_size)
+        replenish = round(self.regd_rho * selected)
+        return regd.dedup_flops(num_visual, selected - replenish, hidden_size) + fps_flops(
+            num_visual, replenish, hidden_size
+        )
 
     def attention_pairs_before_k(self, valid: Any, visual: Any, segments: Any, ideal: bool) -> int | None:
         if not self.segm:

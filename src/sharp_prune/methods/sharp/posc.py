@@ -88,16 +88,18 @@ def layout_key(
     grid (a 2 x 3 and a 3 x 2 grid have the same token counts but different blank frames and M-RoPE
     positions); after the pre-LLM stage, so do the original positions of the survivors (their places).
     """
-    rows = []
-    for row in range(positions.shape[0]):
-        valid = key_valid[row] if key_valid is not None else None
-        first_real = int(valid.nonzero()[0]) if valid is not None else 0
-        queries = int(query_valid[row].sum()) if query_valid is not None else 0
-        frames = tuple(torch.unique_consecutive(frame_ids[row], return_counts=True)[1].tolist())
-        segment_sizes = ()
-        if segments is not None:
-            segment_sizes = tuple(torch.unique_consecutive(segments[row], return_counts=True)[1].tolist())
-        shifted = tuple((positions[row] - first_real).tolist())
-        kept = tuple(survivors[row].tolist()) if survivors is not None else ()
-        rows.append((first_real, shifted, kept, frames, queries, segment_sizes))
-    return (seq_len, grid, tuple(rows))
+    b, n = positions.shape
+    device = positions.device
+    # Everything the key holds, read from the device in one transfer (one host sync per prefill).
+    if key_valid is not None:
+        first_real = key_valid.long().argmax(dim=1)  # the first non-padding position
+    else:
+        first_real = torch.zeros(b, dtype=torch.long, device=device)
+    queries = query_valid.long().sum(dim=1) if query_valid is not None else torch.zeros_like(first_real)
+    parts = [first_real[:, None], queries[:, None], positions - first_real[:, None], frame_ids.to(device)]
+    if segments is not None:
+        parts.append(segments.to(device))
+    if survivors is not None:
+        parts.append(survivors.to(device))
+    flat = torch.cat([p.long() for p in parts], dim=1).tolist()
+    return (seq_len, grid, segments is not None, survivors is not None, tuple(tuple(row) for row in flat))

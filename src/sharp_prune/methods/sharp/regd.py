@@ -19,9 +19,11 @@ def dedup_greedy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Accept up to `count` tokens by descending score, skipping near-duplicates of accepted ones.
 
-    Candidates are visited in blocks: similarities to the tokens accepted before the block come from one
-    matrix product, those to tokens accepted inside it from the block's own c x c product, so the walk
-    costs matrix products rather than one N x D pass per acceptance.
+    Candidates are visited in blocks of `block`, in score order. Similarities to the tokens accepted before
+    the block come from one matrix product; inside the block, the walk's answer (a token is accepted unless
+    an accepted earlier token of the block duplicates it) is found in rounds over the block's own c x c
+    duplicate graph (`_WalkInOrder`), not token by token. The host learns once per block how many
+    tokens it accepted (to stop after `count`).
 
     Args:
         scores: [N] scores (higher first; ties broken by lower index).
@@ -35,47 +37,80 @@ def dedup_greedy(
         duplicate_of: [N] index of the accepted token each visited duplicate maps to, else -1.
     """
     n = scores.shape[0]
+    device = unit.device
     order = torch.argsort(-scores.float(), stable=True)
     unit = unit.float()
-    duplicate_of = torch.full((n,), -1, dtype=torch.long, device=unit.device)
-    accepted: list[int] = []
+    duplicate_of = torch.full((n,), -1, dtype=torch.long, device=device)
+    accepted_ids = torch.empty(0, dtype=torch.long, device=device)
     accepted_units = unit.new_zeros(0, unit.shape[1])
+    total = 0
     for start in range(0, n, block):
-        if len(accepted) >= count:
+        if total >= count:
             break
         chunk = order[start : start + block]
-        vectors = unit[chunk]
-        if accepted:
+        c = chunk.numel()
+        vectors = unit.index_select(0, chunk)
+        if total:
             previous = vectors @ accepted_units.T
-            best, owner_slot = previous.max(dim=1)
-            owners = torch.tensor(accepted, device=unit.device)[owner_slot]
+            best = previous.max(dim=1).values
+            owners = accepted_ids[previous.argmax(dim=1)]  # ties -> the earliest accepted
         else:
-            best = torch.full((chunk.numel(),), -2.0, device=unit.device)
-            owners = torch.full((chunk.numel(),), -1, dtype=torch.long, device=unit.device)
+            best = torch.full((c,), -2.0, device=device)
+            owners = torch.full((c,), -1, dtype=torch.long, device=device)
         inside = vectors @ vectors.T
-        best_list, owner_list, chunk_list = best.tolist(), owners.tolist(), chunk.tolist()
-        newly: list[int] = []
-        for i, token in enumerate(chunk_list):
-            if len(accepted) >= count:
+        earlier = torch.ones(c, c, dtype=torch.bool, device=device).tril(-1)  # [i, j]: j comes before i
+        walk = _WalkInOrder((inside > delta) & earlier, best <= delta)
+        while True:
+            walk.rounds()
+            # the walk stops at the count-th acceptance: later tokens are not visited
+            accepted = walk.accepted
+            visited = (accepted.long().cumsum(0) - accepted.long()) < count - total
+            accepted = accepted & visited
+            # host sync, once per block (usually): is every token decided, and how many were accepted
+            finished, new = torch.stack([walk.decided.all().long(), accepted.sum()]).tolist()
+            if finished:
                 break
-            similarity, owner = best_list[i], owner_list[i]
-            if newly:
-                row = inside[i, newly]
-                j = int(row.argmax())
-                if float(row[j]) > similarity:
-                    similarity, owner = float(row[j]), chunk_list[newly[j]]
-            if similarity > delta:
-                duplicate_of[token] = owner
-                continue
-            accepted.append(token)
-            newly.append(i)
-        if newly:
-            accepted_units = torch.cat([accepted_units, vectors[newly]])
-    return torch.tensor(accepted, dtype=torch.long, device=unit.device), duplicate_of
+        # a visited duplicate maps to its most similar accepted token (an earlier block's on ties)
+        in_block = inside.masked_fill(~(earlier & accepted[None, :]), -torch.inf)
+        use_block = in_block.max(dim=1).values > best
+        owner = torch.where(use_block, chunk[in_block.argmax(dim=1)], owners)
+        duplicate_of[chunk] = torch.where(visited & ~accepted, owner, -1)
+        slots = torch.argsort((~accepted).to(torch.uint8), stable=True)[:new]  # accepted, in walk order
+        accepted_ids = torch.cat([accepted_ids, chunk[slots]])
+        accepted_units = torch.cat([accepted_units, vectors[slots]])
+        total += new
+    return accepted_ids, duplicate_of
+
+
+class _WalkInOrder:
+    """The one-by-one walk over a block, in parallel rounds: token i is accepted iff it is `alive` and no
+    accepted earlier token j has `duplicates[i, j]`.
+
+    Each round decides every token whose earlier duplicates are all decided (accepted if none of them was),
+    and rejects every token with an accepted earlier duplicate; the earliest undecided token is always decided,
+    so the walk ends. A chain of flips needs as many rounds as it is long; real hidden states need a few.
+    """
+
+    def __init__(self, duplicates: torch.Tensor, alive: torch.Tensor) -> None:
+        self.graph = duplicates.float()
+        self.accepted = torch.zeros_like(alive)
+        self.decided = ~alive
+
+    def rounds(self, count: int = 4) -> None:
+        for _ in range(count):
+            has_accepted = (self.graph @ self.accepted.float()) > 0
+            has_undecided = (self.graph @ (~self.decided).float()) > 0
+            open_ = ~self.decided
+            self.accepted = self.accepted | (open_ & ~has_accepted & ~has_undecided)
+            self.decided = self.decided | (open_ & (has_accepted | ~has_undecided))
 
 
 def segment_registers(
-    segments: torch.Tensor, dropped: torch.Tensor, hidden: torch.Tensor, max_registers: int
+    segments: torch.Tensor,
+    dropped: torch.Tensor,
+    hidden: torch.Tensor,
+    max_registers: int,
+    num_segments: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One register per segment that still has dropped tokens (the largest segments first if capped).
 
@@ -84,29 +119,39 @@ def segment_registers(
         dropped: [N] bool, tokens neither kept nor merged into a kept token.
         hidden: [N, D] hidden states.
         max_registers: at most this many registers.
+        num_segments: the number of segments when the caller knows it (saves a host sync).
 
     Returns:
         slots: [R] local index of each register's position (the middle dropped token of its segment).
         states: [R, D] the mean hidden state of that segment's dropped tokens.
     """
-    chosen = []
-    for s in torch.unique(segments).tolist():
-        members = ((segments == s) & dropped).nonzero().flatten()
-        if members.numel():
-            chosen.append((members.numel(), s, members))
-    chosen.sort(key=lambda item: (-item[0], item[1]))
-    chosen = sorted(chosen[:max_registers], key=lambda item: item[1])
+    device, n = hidden.device, segments.shape[0]
+    if num_segments is None:
+        num_segments = int(segments.max()) + 1 if n else 0
+    counts = torch.zeros(num_segments, dtype=torch.long, device=device).index_add_(0, segments, dropped.long())
+    sizes = counts.tolist()  # host sync, once: which segments get a register decides the output's size
+    ranked = sorted((s for s in range(num_segments) if sizes[s]), key=lambda s: (-sizes[s], s))
+    chosen = sorted(ranked[:max_registers])
     if not chosen:
-        return torch.empty(0, dtype=torch.long, device=hidden.device), hidden.new_zeros(0, hidden.shape[-1])
-    slots = torch.stack([members[(members.numel() - 1) // 2] for _, _, members in chosen])
-    states = torch.stack([hidden[members].float().mean(dim=0).to(hidden.dtype) for _, _, members in chosen])
-    return slots, states
+        return torch.empty(0, dtype=torch.long, device=device), hidden.new_zeros(0, hidden.shape[-1])
+    # the middle dropped token of each segment: the one whose rank among its segment's dropped is (count-1)//2
+    rank = dropped.long().cumsum(0) - 1
+    first = torch.zeros(num_segments, dtype=torch.long, device=device)
+    first[1:] = counts.cumsum(0)[:-1]
+    middle = dropped & (rank - first[segments] == (counts[segments] - 1) // 2)
+    positions = torch.where(middle, torch.arange(n, device=device), -1)
+    slot_of = torch.full((num_segments,), -1, dtype=torch.long, device=device)
+    slot_of = slot_of.scatter_reduce(0, segments, positions, reduce="amax")
+    sums = torch.zeros(num_segments, hidden.shape[-1], dtype=torch.float32, device=device)
+    sums.index_add_(0, segments, torch.where(dropped[:, None], hidden.float(), 0.0))
+    chosen_t = torch.tensor(chosen, dtype=torch.long, device=device)
+    states = (sums[chosen_t] / counts[chosen_t, None]).to(hidden.dtype)
+    return slot_of[chosen_t], states
 
 
 def dedup_flops(num_visual: int, greedy: int, hidden_size: int, block: int = 256) -> int:
     """Matmul FLOPs of `dedup_greedy` accepting about `greedy` tokens (few duplicates visited), plus the one
-    N x accepted product farthest-point sampling starts from (its per-pick N x D products are matrix-vector
-    products, which FlopCounterMode does not count)."""
+    N x accepted product farthest-point sampling starts from (its blocks: `diversity.fps_flops`)."""
     block = min(block, num_visual)
     blocks = -(-greedy // block) if block else 0
     total = 2 * hidden_size * block * block * blocks  # each block's own block x block product

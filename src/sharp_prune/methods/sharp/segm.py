@@ -11,27 +11,33 @@ no text inside a segment) each segment block is a plain causal (or full) attenti
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 
-def frame_descriptors(visual_embeds: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
+def frame_descriptors(
+    visual_embeds: torch.Tensor, frame_ids: torch.Tensor, num_frames: int | None = None
+) -> torch.Tensor:
     """L2-normalised mean input embedding of each frame: [N, D] and [N] frame ids -> [F, D].
 
     A frame with no tokens (the pre-LLM stage dropped them all as duplicates of the frame before) takes the
     descriptor of the nearest earlier frame that has tokens (of the first one, for leading empty frames): it
     continues that frame's scene instead of forcing cuts on both sides with a zero descriptor.
+    `num_frames`: F when the caller knows it (saves a host sync).
     """
-    num_frames = int(frame_ids.max()) + 1
+    if num_frames is None:
+        num_frames = int(frame_ids.max()) + 1
     sums = torch.zeros(num_frames, visual_embeds.shape[-1], dtype=torch.float32, device=visual_embeds.device)
     sums.index_add_(0, frame_ids, visual_embeds.float())
     descriptors = F.normalize(sums, dim=-1)
-    present = torch.bincount(frame_ids, minlength=num_frames) > 0
-    if bool(present.all()):
-        return descriptors
+    tokens = torch.zeros(num_frames, dtype=torch.long, device=frame_ids.device)
+    present = tokens.index_add_(0, frame_ids, torch.ones_like(frame_ids)) > 0
+    # every frame reads its own descriptor when present (the usual case), else the nearest earlier present one
     index = torch.arange(num_frames, device=frame_ids.device)
     source = torch.where(present, index, torch.full_like(index, -1)).cummax(dim=0).values
-    source = torch.where(source < 0, index[present][0], source)
+    source = torch.where(source < 0, present.long().argmax(), source)
     return descriptors[source]
 
 
@@ -57,13 +63,84 @@ def segment_frames(descriptors: torch.Tensor, tau: float, max_segments: int) -> 
 def segments_from_similarity(similarity: torch.Tensor, tau: float, max_segments: int) -> torch.Tensor:
     """SegM's cut rule on the [F-1] frame-to-frame cosines: [F] segment ids (see `segment_frames`)."""
     cuts = similarity < tau
-    if int(cuts.sum()) > max_segments - 1:
-        order = torch.argsort(similarity, stable=True)[: max_segments - 1]
-        cuts = torch.zeros_like(cuts)
-        cuts[order] = True
+    # too many cuts: only the max_segments - 1 lowest similarities (chosen on the device, whichever applies)
+    lowest = torch.argsort(similarity, stable=True)[: max_segments - 1]
+    capped = torch.zeros_like(cuts).index_fill_(0, lowest, True)
+    cuts = torch.where(cuts.sum() > max_segments - 1, capped, cuts)
     segments = torch.zeros(similarity.shape[0] + 1, dtype=torch.long, device=similarity.device)
     segments[1:] = cuts.long().cumsum(0)
     return segments
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One segment's attention block: its rows, the keys they may see, how many of those keys are text."""
+
+    rows: torch.Tensor
+    keys: torch.Tensor
+    num_text: int
+    interleaved: bool
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """Where each sample's segments and text sit, as index tensors and host counts: built once per prefill
+    (`plan_segments`, one host sync), used by every layer < K without asking the device again.
+
+    Attributes:
+        text_rows: per sample, [L - N] positions of the non-visual rows (text and padding).
+        blocks: per sample, one `_Block` per segment, in order.
+        num_segments: per sample, the number of segments.
+    """
+
+    text_rows: list[torch.Tensor]
+    blocks: list[list[_Block]]
+    num_segments: list[int]
+
+
+def plan_segments(segment_map: torch.Tensor, key_valid: torch.Tensor | None, max_segments: int) -> SegmentPlan:
+    """The `SegmentPlan` of a [b, L] segment map (segment id of each visual token, -1 elsewhere).
+
+    Segment ids are below `max_segments` and each segment's tokens are contiguous among the visual tokens.
+    """
+    b, length = segment_map.shape
+    device = segment_map.device
+    positions = torch.arange(length, device=device).expand(b, -1)
+    valid = key_valid.bool() if key_valid is not None else torch.ones(b, length, dtype=torch.bool, device=device)
+    is_text = segment_map < 0
+    text_valid = is_text & valid
+    text_upto = text_valid.long().cumsum(1)  # valid text tokens at positions <= p
+    seg = segment_map.clamp(min=0)
+    sizes = torch.zeros(b, max_segments, dtype=torch.long, device=device).scatter_add_(1, seg, (~is_text).long())
+    big = torch.full_like(sizes, length)
+    first = big.scatter_reduce(1, seg, torch.where(is_text, length, positions), reduce="amin")
+    last = torch.zeros_like(sizes).scatter_reduce(1, seg, torch.where(is_text, -1, positions), reduce="amax")
+    before = text_upto.gather(1, first.clamp(max=length - 1)) - text_valid.long().gather(1, first.clamp(max=length - 1))
+    inside = text_upto.gather(1, last.clamp(min=0)) - text_upto.gather(1, first.clamp(max=length - 1))
+    summary = torch.stack([sizes, before, inside], dim=-1).tolist()  # the one host sync of SegM
+    # segment s occupies order[offset_s : offset_s + size_s] of the positions sorted by segment (text last)
+    by_segment = torch.argsort(torch.where(is_text, max_segments, segment_map), dim=1, stable=True)
+    text_first = torch.argsort((~text_valid).to(torch.uint8), dim=1, stable=True)
+    text_rows = torch.argsort((~is_text).to(torch.uint8), dim=1, stable=True)
+    plans, counts, rows_of_text = [], [], []
+    for i in range(b):
+        blocks, offset = [], 0
+        for size, num_before, num_inside in summary[i]:
+            if size == 0:
+                continue
+            rows = by_segment[i, offset : offset + size]
+            offset += size
+            if num_inside:
+                # text inside the segment's span: its rows see the text up to its end and the segment, masked
+                keys = torch.cat([text_first[i, : num_before + num_inside], rows]).sort().values
+                blocks.append(_Block(rows=rows, keys=keys, num_text=num_before + num_inside, interleaved=True))
+            else:
+                keys = torch.cat([text_first[i, :num_before], rows])
+                blocks.append(_Block(rows=rows, keys=keys, num_text=num_before, interleaved=False))
+        plans.append(blocks)
+        counts.append(len(blocks))
+        rows_of_text.append(text_rows[i, : length - offset])
+    return SegmentPlan(text_rows=rows_of_text, blocks=plans, num_segments=counts)
 
 
 def segment_attention(
@@ -74,6 +151,7 @@ def segment_attention(
     key_valid: torch.Tensor | None,
     scaling: float,
     within: str = "causal",
+    plan: SegmentPlan | None = None,
 ) -> torch.Tensor:
     """Attention under the SegM mask, block by block.
 
@@ -83,11 +161,14 @@ def segment_attention(
         key_valid: [b, L] bool, False for padding, or None.
         scaling: softmax temperature.
         within: "causal" or "bidirectional" attention among a segment's visual tokens.
+        plan: the map's `SegmentPlan` (built here when None; a prefill builds it once for all layers < K).
 
     Returns:
         [b, L, H, d], the layout transformers' attention functions return.
     """
     b, num_heads, seq_len, head_dim = query.shape
+    if plan is None:
+        plan = plan_segments(segment_map, key_valid, max(1, int(segment_map.max()) + 1))
     group = num_heads // key.shape[1]
     out = query.new_zeros(b, seq_len, num_heads, head_dim)
     positions = torch.arange(seq_len, device=query.device)
@@ -96,30 +177,24 @@ def segment_attention(
         v_i = value[i].repeat_interleave(group, dim=0) if group > 1 else value[i]
         valid = key_valid[i].bool() if key_valid is not None else torch.ones_like(positions, dtype=torch.bool)
         seg = segment_map[i]
-        is_text = seg < 0
         # Text rows: plain causal attention over every real key (few rows, so a mask is cheap).
-        _attend_masked(out[i], query[i], k_i, v_i, positions[is_text], positions, valid, None, seg, within, scaling)
-        for s in torch.unique(seg[~is_text]).tolist():
-            rows = positions[seg == s]
-            text_keys = positions[is_text & valid & (positions < rows[0])]
-            interleaved = bool((is_text & valid & (positions > rows[0]) & (positions < rows[-1])).any())
-            if interleaved:
-                keys = positions[(is_text & valid & (positions <= rows[-1])) | (seg == s)]
-                _attend_masked(out[i], query[i], k_i, v_i, rows, keys, valid, s, seg, within, scaling)
+        _attend_masked(out[i], query[i], k_i, v_i, plan.text_rows[i], positions, valid, False, seg, within, scaling)
+        for block in plan.blocks[i]:
+            if block.interleaved:
+                _attend_masked(out[i], query[i], k_i, v_i, block.rows, block.keys, valid, True, seg, within, scaling)
                 continue
             # The usual layout: the text before the video, then the segment. Stacking [text; segment] as
             # queries and keys turns the SegM mask into a plain causal (or full) one: no mask tensor,
             # fast kernels. The text rows computed on the way are discarded.
-            block = torch.cat([text_keys, rows])
             # 4-D inputs: torch's CPU kernels take a much slower path for 3-D ones.
             result = F.scaled_dot_product_attention(
-                query[i][None, :, block],
-                k_i[None, :, block],
-                v_i[None, :, block],
+                query[i][None, :, block.keys],
+                k_i[None, :, block.keys],
+                v_i[None, :, block.keys],
                 is_causal=within == "causal",
                 scale=scaling,
             )[0]
-            out[i, rows] = result[:, text_keys.numel() :].transpose(0, 1).to(out.dtype)
+            out[i, block.rows] = result[:, block.num_text :].transpose(0, 1).to(out.dtype)
     return out
 
 
@@ -131,17 +206,18 @@ def _attend_masked(
     rows: torch.Tensor,
     keys: torch.Tensor,
     valid: torch.Tensor,
-    segment: int | None,
+    one_segment: bool,
     seg: torch.Tensor,
     within: str,
     scaling: float,
 ) -> None:
-    """Rows attend to `keys` causally (plus their whole segment when bidirectional), via a boolean mask."""
+    """Rows attend to `keys` causally (plus, when the rows are one segment's and `within` is bidirectional, to
+    the whole segment), via a boolean mask."""
     if rows.numel() == 0:
         return
     allowed = keys[None, :] <= rows[:, None]
-    if segment is not None and within == "bidirectional":
-        allowed = allowed | (seg[keys] == segment)[None, :]
+    if one_segment and within == "bidirectional":
+        allowed = allowed | (seg[keys][None, :] == seg[rows][:, None])
     allowed = allowed & valid[keys][None, :]
     # A padding row may see nothing; let it see itself so that softmax stays finite.
     allowed = allowed | (keys[None, :] == rows[:, None])

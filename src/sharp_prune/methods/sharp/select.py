@@ -23,10 +23,13 @@ class ShaRPSelector(Selector):
         scores = inputs.scores  # calibrated by the engine when PosC is on
         if not config.regd or inputs.budget >= inputs.layout.num_visual:
             return Selection(keep=torch.topk(scores, inputs.budget, dim=1).indices.sort(dim=1).values)
+        num_segments = inputs.num_segments
+        if num_segments is None:  # a caller outside the engine: read them from the segments (a host sync)
+            num_segments = (inputs.segments.amax(dim=1) + 1).tolist()
         keeps, states, registers = [], [], []
         for row in range(scores.shape[0]):
             keep, state, is_register = self._regd_one(
-                scores[row], inputs.hidden[row], inputs.segments[row], inputs.budget
+                scores[row], inputs.hidden[row], inputs.segments[row], inputs.budget, num_segments[row]
             )
             keeps.append(keep)
             states.append(state)
@@ -34,11 +37,10 @@ class ShaRPSelector(Selector):
         return Selection(keep=torch.stack(keeps), hidden=torch.stack(states), is_register=torch.stack(registers))
 
     def _regd_one(
-        self, scores: torch.Tensor, hidden: torch.Tensor, segments: torch.Tensor, budget: int
+        self, scores: torch.Tensor, hidden: torch.Tensor, segments: torch.Tensor, budget: int, num_segments: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         config = self.config
         n = scores.shape[0]
-        num_segments = int(segments.max()) + 1
         wanted_registers = config.regd_registers if config.regd_registers is not None else num_segments
         wanted_registers = min(wanted_registers, budget // 8)
         selected_budget = budget - wanted_registers
@@ -49,41 +51,43 @@ class ShaRPSelector(Selector):
         accepted, duplicate_of = dedup_greedy(scores, unit, selected_budget - replenish, config.regd_delta)
         kept = torch.zeros(n, dtype=torch.bool, device=scores.device)
         kept[accepted] = True
+        num_kept = accepted.numel()
         merged = duplicate_of >= 0
-        # 3. replenish by farthest-point sampling among tokens neither kept nor merged (then any left)
-        missing = selected_budget - int(kept.sum())
-        for pool in (~kept & ~merged, ~kept):
-            if missing <= 0:
-                break
-            picks = farthest_point_sampling(unit, missing, kept=kept, candidates=pool)
-            kept[picks] = True
-            missing -= picks.numel()
+        # 3. replenish by farthest-point sampling among tokens neither kept nor merged, then merged ones
+        missing = selected_budget - num_kept
+        picks = farthest_point_sampling(
+            unit, missing, kept=kept, candidates=~kept, num_candidates=n - num_kept, num_kept=num_kept, after=merged
+        )
+        kept[picks] = True
+        num_kept += picks.numel()
         # 4. registers: per segment, the mean of what is still dropped; a shortfall goes to more picks
         absorbed = merged if config.regd_merge else torch.zeros_like(merged)
         while True:
             dropped = ~kept & ~absorbed
-            slots, register_states = segment_registers(segments, dropped, hidden, wanted_registers)
-            short = budget - int(kept.sum()) - slots.numel()
+            slots, register_states = segment_registers(segments, dropped, hidden, wanted_registers, num_segments)
+            short = budget - num_kept - slots.numel()
             if short <= 0:
                 break
-            picks = farthest_point_sampling(unit, short, kept=kept, candidates=~kept)
+            picks = farthest_point_sampling(
+                unit, short, kept=kept, candidates=~kept, num_candidates=n - num_kept, num_kept=num_kept
+            )
             if picks.numel() == 0:
                 break
             kept[picks] = True
+            num_kept += picks.numel()
 
-        # 2. merge: kept tokens absorb the mean of their duplicates
+        # 2. merge: kept tokens absorb the mean of their duplicates (a duplicate that was picked stays itself)
         states = hidden.clone()
-        merged = merged & ~kept  # a duplicate that replenishment picked stays itself
-        if config.regd_merge and bool(merged.any()):
-            owners = duplicate_of[merged]
-            totals = hidden.float().clone()
-            counts = torch.ones(n, device=hidden.device)
-            totals.index_add_(0, owners, hidden[merged].float())
-            counts.index_add_(0, owners, torch.ones(owners.numel(), device=hidden.device))
+        if config.regd_merge:
+            merged = merged & ~kept
+            owners = duplicate_of.clamp(min=0)
+            totals = hidden.float().index_add(0, owners, torch.where(merged[:, None], hidden.float(), 0.0))
+            counts = torch.ones(n, device=hidden.device).index_add(0, owners, merged.float())
             states = (totals / counts[:, None]).to(hidden.dtype)
         is_register = torch.zeros(n, dtype=torch.bool, device=scores.device)
         if slots.numel():
             states[slots] = register_states
             is_register[slots] = True
-        keep = (kept | is_register).nonzero().flatten()
+        # the kept slots in index order, without nonzero(): their number is known here
+        keep = torch.argsort((~(kept | is_register)).to(torch.uint8), stable=True)[: num_kept + slots.numel()]
         return keep, states[keep], is_register[keep]
