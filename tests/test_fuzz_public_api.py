@@ -141,7 +141,18 @@ def _argvs(command: str, options: list[str]) -> st.SearchStrategy[list[str]]:
     return st.lists(pair, max_size=3).map(lambda pairs: [command] + [x for p in pairs for x in p])
 
 
-BENCH = ["--items", "--methods", "--retentions", "--layers", "--frames", "--tokens-per-frame", "--scenes", "--threads"]
+BENCH = [
+    "--items",
+    "--methods",
+    "--retentions",
+    "--layers",
+    "--frames",
+    "--tokens-per-frame",
+    "--scenes",
+    "--threads",
+    "--task",
+    "--choices",
+]
 SPEED = ["--shape", "--frames", "--tokens-per-frame", "--scenes", "--methods", "--retentions", "--layer", "--repeats"]
 RUN = ["--retention", "--layer", "--frames", "--max-new-tokens", "--device", "--prefill-repeats", "--method"]
 

@@ -18,6 +18,7 @@ import torch
 from ..config import PruneConfig, ablations, config_for
 from ..engine import apply
 from ..measure.timing import model_device, time_call
+from .intervals import bootstrap_interval, paired_difference
 from .task import Item, TaskConfig, candidate_log_probs, make_items
 
 DEFAULT_METHODS = ("random", "uniform", "fastv", "feather", "divprune", "sharp")
@@ -36,6 +37,7 @@ class BenchOptions:
     layers: tuple[int, ...] = (2,)
     ablation: bool = False
     task: TaskConfig = field(default_factory=TaskConfig)
+    task_variant: str = "redundant"
     dtype: str = "bf16"
     threads: int | None = None
 
@@ -157,6 +159,7 @@ def run_bench(
                         progress(done, total, f"item {index + 1}/{len(items)} {method} r={retention} K={layer}")
     return {
         "options": _options_dict(options),
+        "task_variant": options.task_variant,
         "num_visual": items[0].num_visual if items else 0,
         "seq_len": int(items[0].input_ids.shape[1]) if items else 0,
         "baseline": {
@@ -164,7 +167,8 @@ def run_bench(
             "prefill_s_median": statistics.median(baseline_times) if items else 0.0,
             "by_type": _by_type(items, baseline_correct),
         },
-        "summary": summarise(trials, statistics.fmean(baseline_correct) if items else 0.0),
+        "summary": summarise(trials, baseline_correct),
+        "comparisons": compare(trials),
         "score_profiles": {key: _mean_profile(value) for key, value in profiles.items()},
         "trials": [asdict(t) for t in trials],
     }
@@ -205,14 +209,18 @@ def _mean_profile(profiles: list[dict[str, list[float]]]) -> dict[str, Any]:
     return out
 
 
-def summarise(trials: Sequence[Trial], baseline_accuracy: float) -> list[dict[str, Any]]:
-    """Aggregate trials per (layer, method, retention)."""
+def summarise(trials: Sequence[Trial], baseline_correct: Sequence[bool]) -> list[dict[str, Any]]:
+    """Aggregate trials per (layer, method, retention), with 95% bootstrap intervals over items: the accuracy's,
+    and the paired difference from the unpruned model on the same items."""
+    baseline_accuracy = statistics.fmean(baseline_correct) if baseline_correct else 0.0
     groups: dict[tuple[int, str, float], list[Trial]] = {}
     for t in trials:
         groups.setdefault((t.layer, t.method, t.retention), []).append(t)
     rows = []
     for (layer, method, retention), group in groups.items():
-        accuracy = statistics.fmean(t.correct for t in group)
+        outcomes = [float(t.correct) for t in group]
+        accuracy = statistics.fmean(outcomes)
+        unpruned = [float(baseline_correct[t.item]) for t in group]
         rows.append(
             {
                 "layer": layer,
@@ -220,7 +228,9 @@ def summarise(trials: Sequence[Trial], baseline_accuracy: float) -> list[dict[st
                 "retention": retention,
                 "items": len(group),
                 "accuracy": accuracy,
+                "accuracy_ci": list(bootstrap_interval(outcomes)),
                 "relative_accuracy": accuracy / baseline_accuracy if baseline_accuracy else None,
+                "vs_unpruned": paired_difference(outcomes, unpruned),
                 "agreement": statistics.fmean(t.agrees for t in group),
                 "kl": statistics.fmean(t.kl for t in group),
                 "needle_recall": statistics.fmean(t.needle_recall for t in group),
@@ -229,6 +239,28 @@ def summarise(trials: Sequence[Trial], baseline_accuracy: float) -> list[dict[st
                 "kept": group[0].kept,
             }
         )
+    return rows
+
+
+# The paired comparisons every bench reports, where both methods ran: (method, against).
+COMPARISONS = (("sharp", "fastv"), ("sharp", "random"), ("sharp", "uniform"))
+
+
+def compare(trials: Sequence[Trial]) -> list[dict[str, Any]]:
+    """Paired accuracy differences between methods on the same items (`COMPARISONS`), per layer and retention,
+    with 95% bootstrap intervals: {"layer", "retention", "method", "against", "mean", "low", "high"}."""
+    outcome: dict[tuple[int, float, str], dict[int, float]] = {}
+    for t in trials:
+        outcome.setdefault((t.layer, t.retention, t.method), {})[t.item] = float(t.correct)
+    rows = []
+    for layer, retention in sorted({(t.layer, t.retention) for t in trials}):
+        for method, against in COMPARISONS:
+            a, b = outcome.get((layer, retention, method)), outcome.get((layer, retention, against))
+            if a is None or b is None:
+                continue
+            shared = sorted(set(a) & set(b))
+            difference = paired_difference([a[i] for i in shared], [b[i] for i in shared])
+            rows.append({"layer": layer, "retention": retention, "method": method, "against": against, **difference})
     return rows
 
 

@@ -53,7 +53,17 @@ class Scene:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Shape of the generated videos (defaults: 64 frames x 32 tokens = 2,048 visual tokens)."""
+    """Shape of the generated videos (defaults: 64 frames x 32 tokens = 2,048 visual tokens).
+
+    Attributes:
+        frames, tokens_per_frame: the video's size.
+        scenes: scenes per video, in order; each holds a contiguous run of frames.
+        choices: candidate answers per question.
+        question_types: the kinds of question, cycled over the items.
+        distractors: two other scenes share one attribute each with the needle.
+        needle_frames: None: every scene spans an equal share of the frames. k: the needle scene spans exactly k
+            frames (the answer is stated there only) and the other scenes share the rest.
+    """
 
     frames: int = 64
     tokens_per_frame: int = 32
@@ -61,6 +71,19 @@ class TaskConfig:
     choices: int = 3
     question_types: tuple[str, ...] = QUESTION_TYPES
     distractors: bool = False
+    needle_frames: int | None = None
+
+
+# The task's variants (`sharp-prune bench --task`). Each was validated unpruned on its validation seeds before
+# any test seed was run (docs/benchmarks.md says what each reaches).
+VARIANTS: dict[str, TaskConfig] = {
+    # every frame of a scene repeats its caption: keeping a little of every scene is enough
+    "redundant": TaskConfig(),
+    # twice the scenes and one more choice: each scene is 1/8 of the video
+    "many-scenes": TaskConfig(scenes=8, choices=4),
+    # the answer is stated in one frame of 64; the other frames are seven other scenes
+    "needle": TaskConfig(scenes=8, choices=4, needle_frames=1),
+}
 
 
 @dataclass
@@ -176,11 +199,47 @@ def _frame_tokens(tokenizer, text: str, background: list[int], length: int) -> l
     return (ids + filler)[:length] if len(ids) < length else ids[:length]
 
 
+def describe(config: TaskConfig) -> str:
+    """One line: the task's shape."""
+    needle = (
+        f"the needle in {config.needle_frames} frame(s)"
+        if config.needle_frames
+        else "every scene an equal share of the frames"
+    )
+    return (
+        f"{config.frames} frames x {config.tokens_per_frame} tokens, {config.scenes} scenes ({needle}), "
+        f"{config.choices} choices"
+    )
+
+
+def frame_scenes(config: TaskConfig, needle: int) -> list[int]:
+    """The scene of each frame: contiguous runs in scene order (see `TaskConfig.needle_frames`)."""
+    if config.needle_frames is None:
+        per_scene = config.frames // config.scenes
+        return [frame // per_scene for frame in range(config.frames)]
+    rest = config.frames - config.needle_frames
+    others = config.scenes - 1
+    runs = [rest // others + (1 if i < rest % others else 0) for i in range(others)] if others else []
+    runs.insert(needle, config.needle_frames)
+    return [scene for scene, run in enumerate(runs) for _ in range(run)]
+
+
+def check_task(config: TaskConfig) -> None:
+    """`ValueError` when the frames cannot be laid out as the config asks."""
+    if config.needle_frames is None:
+        if config.frames % config.scenes:
+            raise ValueError(f"{config.frames} frames do not split into {config.scenes} equal scenes.")
+    elif not 1 <= config.needle_frames <= config.frames - (config.scenes - 1):
+        raise ValueError(
+            f"needle_frames={config.needle_frames} leaves no frame for each of the other {config.scenes - 1} scenes "
+            f"of {config.frames} frames."
+        )
+
+
 def make_item(tokenizer, seed: int, config: TaskConfig = TaskConfig()) -> Item:
     """Build one item deterministically from `seed`."""
     rng = random.Random(seed)
-    if config.frames % config.scenes:
-        raise ValueError(f"{config.frames} frames do not split into {config.scenes} equal scenes.")
+    check_task(config)
     scenes = _pick_scenes(rng, config.scenes, unique=not config.distractors)
     needle = rng.randrange(config.scenes)
     if config.distractors:
@@ -205,9 +264,7 @@ def make_item(tokenizer, seed: int, config: TaskConfig = TaskConfig()) -> Item:
     answer_positions: list[int] = []
     attribute = "object" if kind == "after" else kind
     answer_token = tokenizer(" " + getattr(scenes[needle], attribute), add_special_tokens=False)["input_ids"]
-    per_scene = config.frames // config.scenes
-    for frame in range(config.frames):
-        scene_index = frame // per_scene
+    for frame, scene_index in enumerate(frame_scenes(config, needle)):
         scene = scenes[scene_index]
         order = rng.sample(SENTENCES, len(SENTENCES))
         caption = "\n" + " ".join(t.format(colour=scene.colour, object=scene.object, place=scene.place) for t in order)

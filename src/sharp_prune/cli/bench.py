@@ -15,7 +15,7 @@ import torch
 
 from ..bench.report import plot_accuracy, print_table, write_json
 from ..bench.runner import DEFAULT_METHODS, BenchOptions, run_bench, smallest_layer
-from ..bench.task import ALL_QUESTION_TYPES, TaskConfig
+from ..bench.task import ALL_QUESTION_TYPES, VARIANTS, check_task, describe
 from ..config import ablations, check_layer
 from ..errors import ConfigError
 from ..models.loading import DTYPES
@@ -44,15 +44,21 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--ablation", action="store_true", help=f"add each method with one component off: {', '.join(ablations())}"
     )
-    parser.add_argument("--frames", type=positive_int, default=TaskConfig.frames, help="frames per video (default 64)")
     parser.add_argument(
-        "--tokens-per-frame", type=positive_int, default=TaskConfig.tokens_per_frame, help="(default 32)"
+        "--task",
+        choices=(*VARIANTS, "all"),
+        default="redundant",
+        help="task variant, or all of them one after the other (default redundant): "
+        + "; ".join(f"{name}: {describe(config)}" for name, config in VARIANTS.items()),
     )
-    parser.add_argument("--scenes", type=positive_int, default=TaskConfig.scenes, help="scenes per video (default 4)")
+    parser.add_argument("--frames", type=positive_int, default=None, help="frames per video (default: the task's)")
+    parser.add_argument("--tokens-per-frame", type=positive_int, default=None, help="(default: the task's)")
+    parser.add_argument("--scenes", type=positive_int, default=None, help="scenes per video (default: the task's)")
+    parser.add_argument("--choices", type=positive_int, default=None, help="candidate answers (default: the task's)")
     parser.add_argument(
         "--question-types",
         type=comma_list(str),
-        default=TaskConfig.question_types,
+        default=None,
         help="comma-separated, of colour,object,place,after (default colour,object,place; 'after' asks for order)",
     )
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="model dtype (default bf16)")
@@ -65,27 +71,38 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def options_from_args(args: argparse.Namespace) -> BenchOptions:
-    task = replace(
-        TaskConfig(),
-        frames=args.frames,
-        tokens_per_frame=args.tokens_per_frame,
-        scenes=args.scenes,
-        question_types=args.question_types,
-    )
-    options = BenchOptions(
-        items=args.items,
-        split=args.split,
-        methods=args.methods,
-        retentions=args.retentions,
-        layers=args.layers,
-        ablation=args.ablation,
-        task=task,
-        dtype=args.dtype,
-        threads=args.threads,
-    )
-    validate(options)
-    return options
+def options_from_args(args: argparse.Namespace) -> list[BenchOptions]:
+    """One `BenchOptions` per task variant asked for (`--task all`: every variant), with the task's fields that
+    were given on the command line replacing the variant's."""
+    names = tuple(VARIANTS) if args.task == "all" else (args.task,)
+    given = {
+        field: value
+        for field, value in (
+            ("frames", args.frames),
+            ("tokens_per_frame", args.tokens_per_frame),
+            ("scenes", args.scenes),
+            ("choices", args.choices),
+            ("question_types", args.question_types),
+        )
+        if value is not None
+    }
+    runs = []
+    for name in names:
+        options = BenchOptions(
+            items=args.items,
+            split=args.split,
+            methods=args.methods,
+            retentions=args.retentions,
+            layers=args.layers,
+            ablation=args.ablation,
+            task=replace(VARIANTS[name], **given),
+            task_variant=name if not given else f"{name} (modified: {', '.join(sorted(given))})",
+            dtype=args.dtype,
+            threads=args.threads,
+        )
+        validate(options)
+        runs.append(options)
+    return runs
 
 
 def validate(options: BenchOptions) -> None:
@@ -105,8 +122,12 @@ def validate(options: BenchOptions) -> None:
         raise ConfigError(
             f"--question-types must be a non-empty subset of {ALL_QUESTION_TYPES}, got {unknown or 'none'}."
         )
-    if options.task.frames % options.task.scenes:
-        raise ConfigError(f"--frames {options.task.frames} must be a multiple of --scenes {options.task.scenes}.")
+    try:
+        check_task(options.task)
+    except ValueError as error:
+        raise ConfigError(f"{error} Change --frames or --scenes.") from error
+    if options.task.choices < 2:
+        raise ConfigError(f"--choices must be >= 2, got {options.task.choices}.")
     from ..smollm2 import smollm2_config
 
     num_layers = smollm2_config().num_hidden_layers  # the config only: no weights are read
@@ -115,30 +136,32 @@ def validate(options: BenchOptions) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    options = options_from_args(args)
-    result = run_with_progress(options)
-    result["command"] = "sharp-prune " + shlex.join(sys.argv[1:]) if sys.argv else "sharp-prune bench"
-    print_table(result)
-    layers = smallest_layer(result["summary"])
-    if len(options.layers) > 1:
-        print(
-            "smallest K keeping >= 97% of unpruned accuracy at r=0.2: "
-            + ", ".join(f"{m} {k}" for m, k in layers.items())
-        )
-    result["smallest_layer_97_at_r0.2"] = layers
-    path = write_json(result, args.out / "bench.json")
-    print(f"wrote {path}")
-    if not args.no_plot:
-        try:
-            png = plot_accuracy(
-                result["summary"],
-                result["baseline"]["accuracy"],
-                args.out / "bench.png",
-                title=f"SmolLM2-135M, captioned video ({result['num_visual']} visual tokens)",
+    runs = options_from_args(args)
+    for options in runs:
+        out = args.out if len(runs) == 1 else args.out / options.task_variant
+        result = run_with_progress(options)
+        result["command"] = "sharp-prune " + shlex.join(sys.argv[1:]) if sys.argv else "sharp-prune bench"
+        print_table(result)
+        layers = smallest_layer(result["summary"])
+        if len(options.layers) > 1:
+            print(
+                "smallest K keeping >= 97% of unpruned accuracy at r=0.2: "
+                + ", ".join(f"{m} {k}" for m, k in layers.items())
             )
-            print(f"wrote {png}")
-        except ImportError:
-            print("matplotlib is not installed (pip install 'sharp-prune[viz]'): no plot", file=sys.stderr)
+        result["smallest_layer_97_at_r0.2"] = layers
+        path = write_json(result, out / "bench.json")
+        print(f"wrote {path}")
+        if not args.no_plot:
+            try:
+                png = plot_accuracy(
+                    result["summary"],
+                    result["baseline"]["accuracy"],
+                    out / "bench.png",
+                    title=f"SmolLM2-135M, task {options.task_variant} ({result['num_visual']} visual tokens)",
+                )
+                print(f"wrote {png}")
+            except ImportError:
+                print("matplotlib is not installed (pip install 'sharp-prune[viz]'): no plot", file=sys.stderr)
     return 0
 
 
