@@ -61,8 +61,10 @@ drift:
 	@rm -rf .venv-drift
 	@scripts/tf_env.sh .venv-drift "transformers" $(COMPAT_TESTS) -x
 
+# Every task variant side by side at r = 0.2, 6 items each (about 3 minutes on 2 cores); the documented run
+# uses more items: docs/benchmarks.md.
 demo: setup
-	$(BIN)/sharp-prune bench
+	$(BIN)/sharp-prune bench --task all --items 6 --retentions 0.2 --out outputs/demo
 
 lint: setup
 	$(BIN)/ruff check src tests

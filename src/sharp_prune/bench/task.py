@@ -81,8 +81,9 @@ VARIANTS: dict[str, TaskConfig] = {
     "redundant": TaskConfig(),
     # twice the scenes and one more choice: each scene is 1/8 of the video
     "many-scenes": TaskConfig(scenes=8, choices=4),
-    # the answer is stated in one frame of 64; the other frames are seven other scenes
-    "needle": TaskConfig(scenes=8, choices=4, needle_frames=1),
+    # the answer is stated in one frame of 43 (48 tokens, room for the whole caption); the other 42 frames are
+    # seven other scenes
+    "needle": TaskConfig(frames=43, tokens_per_frame=48, scenes=8, choices=4, needle_frames=1),
 }
 
 
