@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
-EXTRAS := dev,smollm2,video,viz,eval
+EXTRAS := dev,smollm2,gemma3,video,viz,eval
 # The tested transformers range, read from the one module that speaks its protocol.
 PROTOCOL := src/sharp_prune/hf_protocol.py
 FLOOR := $(shell sed -n 's/^TESTED_FLOOR = "\([^"]*\)".*/\1/p' $(PROTOCOL))

@@ -29,3 +29,11 @@ def attn_impl(request) -> str:
 @pytest.fixture
 def vlm(family, attn_impl):
     return tiny_model(family, attn_implementation=attn_impl)
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma 3 270M base (fp32, sdpa) and its tokenizer: sliding-window layers with real weights."""
+    from sharp_prune.pretrained import load_pretrained
+
+    return load_pretrained("gemma3-270m")

@@ -63,3 +63,43 @@ def reference_logits(
     for block in decoder.layers[layer:]:
         hidden = block(hidden, attention_mask=None, position_embeddings=kept_embeddings)
     return model.lm_head(decoder.norm(hidden))
+
+
+def _causal(n: int, window: int | None) -> torch.Tensor:
+    """[1, 1, n, n] additive float mask (what eager and sdpa both read): causal, and inside the last `window`
+    positions when given."""
+    distance = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+    allowed = distance >= 0
+    if window is not None:
+        allowed &= distance < window
+    return torch.zeros(n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+
+
+@torch.no_grad()
+def reference_logits_layered(
+    model: nn.Module, input_ids: torch.Tensor, keep_index: torch.Tensor, layer: int, last_only: bool = False
+) -> torch.Tensor:
+    """The same for a model whose layers differ in kind (Gemma 3: `config.layer_types`, sliding windows): layers
+    >= `layer` run on the kept sequence as if it were the input, so a sliding window counts kept tokens.
+    `last_only`: the last position's logits only."""
+    decoder = model.model
+    config = decoder.config
+    embeds = decoder.embed_tokens(input_ids)
+    positions = torch.arange(embeds.shape[1])[None]
+    rope = {kind: decoder.rotary_emb(embeds, positions, kind) for kind in set(config.layer_types)}
+    hidden, current = embeds, torch.arange(embeds.shape[1])
+    for index, block in enumerate(decoder.layers):
+        if index == layer:
+            current = keep_index.view(-1)
+            hidden = hidden[:, current]
+        kind = config.layer_types[index]
+        window = config.sliding_window if kind == "sliding_attention" else None
+        cos, sin = rope[kind]
+        hidden = block(
+            hidden,
+            attention_mask=_causal(hidden.shape[1], window),
+            position_embeddings=(cos[:, current], sin[:, current]),
+        )
+    if last_only:
+        hidden = hidden[:, -1:]
+    return model.lm_head(decoder.norm(hidden))

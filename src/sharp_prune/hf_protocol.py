@@ -37,7 +37,7 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface
 
-from .errors import ConfigError, InputError, ProtocolError
+from .errors import ConfigError, InputError, ProtocolError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
@@ -394,6 +394,35 @@ def attention_modules(layers: nn.ModuleList) -> list[nn.Module]:
             raise protocol_error(f"decoder layer {idx} ({type(layer).__name__}) has no `self_attn` module")
         modules.append(module)
     return modules
+
+
+# The kinds of decoder layer the engine runs (`config.layer_types`): full causal attention, and causal attention
+# inside a sliding window of `config.sliding_window` tokens.
+LAYER_KINDS = ("full_attention", "sliding_attention")
+
+
+def layer_windows(config: Any, num_layers: int, model: str = "this model") -> tuple[int | None, ...]:
+    """The sliding window of each decoder layer (None: full attention), from `config.layer_types`.
+
+    A config without `layer_types` has full attention everywhere. A layer kind other than `LAYER_KINDS` (linear
+    attention, chunked attention, ...) raises `UnsupportedModelError`: its scores or its cache are not attention's.
+    """
+    if getattr(config, "use_bidirectional_attention", False):
+        raise UnsupportedModelError(
+            f"{model} attends bidirectionally (config.use_bidirectional_attention); sharp-prune scores and prunes "
+            "causal decoders only."
+        )
+    kinds = getattr(config, "layer_types", None) or ("full_attention",) * num_layers
+    unknown = sorted(set(kinds) - set(LAYER_KINDS))
+    if unknown:
+        raise UnsupportedModelError(
+            f"{model} has decoder layers of kind {unknown} (config.layer_types); sharp-prune runs layers of kind "
+            f"{list(LAYER_KINDS)} only."
+        )
+    window = getattr(config, "sliding_window", None)
+    if "sliding_attention" in kinds and not window:
+        raise protocol_error("config.layer_types names sliding_attention layers but config.sliding_window is unset")
+    return tuple(int(window) if kind == "sliding_attention" else None for kind in kinds[:num_layers])
 
 
 def layer_index(attention_module: nn.Module) -> int | None:

@@ -72,6 +72,16 @@ def tiny_causal_lm(num_layers: int = 4, attn_implementation: str = "sdpa", seed:
     return GENERIC.tiny.build(num_layers, attn_implementation, torch.float32, seed)
 
 
+def tiny_sliding_lm(
+    num_layers: int = 6, attn_implementation: str = "sdpa", seed: int = 0, window: int = 8
+) -> PreTrainedModel:
+    """A randomly initialised `Gemma3ForCausalLM` (sliding, sliding, full, ... at window `window`) for the generic
+    adapter: the layer mix of Gemma 3 and Gemma 4 at toy size."""
+    from .models.generic import tiny_sliding_lm as build
+
+    return build(num_layers, attn_implementation, torch.float32, seed, window)
+
+
 def sample_of(inputs: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
     """Sample `index` of a `tiny_inputs` batch as an unpadded batch of one (one video per sample)."""
     real = inputs["attention_mask"][index].bool()

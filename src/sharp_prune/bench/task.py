@@ -237,6 +237,20 @@ def check_task(config: TaskConfig) -> None:
         )
 
 
+def _prompt_frame(tokenizer, question: str, prefix: str) -> tuple[list[int], str]:
+    """The token ids before the frames and the text after them. A ChatML model (SmolLM2-Instruct) gets a user turn
+    and an assistant turn that starts with `prefix`; any other (a base model) gets plain text after its BOS token:
+    "Captions of the frames of a video:", the frames, "Question: ...", "Answer: {prefix}"."""
+    intro = "Captions of the frames of a video:\n"
+    if "<|im_end|>" in (getattr(tokenizer, "chat_template", None) or ""):  # ChatML (SmolLM2, Qwen)
+        head = tokenizer.apply_chat_template([{"role": "user", "content": intro}], tokenize=False)
+        head = head.rsplit("<|im_end|>", 1)[0]
+        tail = f"\nQuestion: {question}<|im_end|>\n<|im_start|>assistant\n{prefix}"
+        return tokenizer(head, add_special_tokens=False)["input_ids"], tail
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + tokenizer(intro, add_special_tokens=False)["input_ids"], f"\nQuestion: {question}\nAnswer: {prefix}"
+
+
 def make_item(tokenizer, seed: int, config: TaskConfig = TaskConfig()) -> Item:
     """Build one item deterministically from `seed`."""
     rng = random.Random(seed)
@@ -253,13 +267,10 @@ def make_item(tokenizer, seed: int, config: TaskConfig = TaskConfig()) -> Item:
     previous = scenes[needle - 1] if needle else None
     question, prefix, candidates, answer = _question(rng, kind, scenes[needle], scenes, config.choices, previous)
 
-    head = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Captions of the frames of a video:\n"}], tokenize=False
-    ).rsplit("<|im_end|>", 1)[0]
-    tail = f"\nQuestion: {question}<|im_end|>\n<|im_start|>assistant\n{prefix}"
+    head_ids, tail = _prompt_frame(tokenizer, question, prefix)
     background = tokenizer("".join(rng.sample(BACKGROUND, 3)), add_special_tokens=False)["input_ids"]
 
-    ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    ids = list(head_ids)
     frame_map = [-1] * len(ids)
     needle_positions: list[int] = []
     answer_positions: list[int] = []

@@ -22,6 +22,7 @@ from ..models import ModelAdapter
 from ..record import PruneRecord
 from ..steps.keep_plan import KeepPlan, decode_columns, slice_mask
 from ..steps.pre_stage import decode_inputs
+from ..steps.sliding import decode_window_mask
 
 Replacement = tuple[tuple[Any, ...], dict[str, Any]] | None  # what a forward pre-hook returns
 
@@ -39,6 +40,9 @@ class Parts:
         base_impl: the attention implementation the handle wraps; base_attention: its function.
         drop_position_ids: hand layers >= K no position ids (flash attention reads gaps as packed sequences).
         prior_cache: PosC priors by token layout (`posc_prior="cached"`); blank_frames: blank frames by grid.
+        windows: each decoder layer's sliding window, None for full attention (`hf.layer_windows`).
+        score_layer: the layer whose attention scores the video tokens: K-1, or the last full-attention layer
+            below K on a model with sliding-window layers (`steps.sliding.score_layer`).
     """
 
     config: PruneConfig
@@ -51,6 +55,8 @@ class Parts:
     drop_position_ids: bool = False
     prior_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
     blank_frames: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    windows: tuple[int | None, ...] = ()
+    score_layer: int = 0
 
     @property
     def k(self) -> int:
@@ -111,11 +117,13 @@ class NoVideoPrefill(Forward):
 
 class Decode(Forward):
     """A decoding step after a pruned prefill: layers >= K cache only the kept tokens, so their masks are cut to
-    the same columns (and, after a pre-LLM stage, every layer's: the decoder's inputs are adjusted)."""
+    the same columns (and, after a pre-LLM stage, every layer's: the decoder's inputs are adjusted). A sliding
+    layer >= K gets the window over its own cache instead (`decode_window_mask`)."""
 
-    def __init__(self, plan: KeepPlan, pre: KeepPlan | None) -> None:
+    def __init__(self, plan: KeepPlan, pre: KeepPlan | None, windows: tuple[int | None, ...] = ()) -> None:
         self.plan = plan
         self.pre = pre
+        self.windows = windows
         self._cut: dict[int, Any] = {}
 
     def enter_decoder(self, decoder: nn.Module, call: hf.DecoderCall) -> Replacement:
@@ -130,6 +138,13 @@ class Decode(Forward):
         mask = call.attention_mask
         if not isinstance(mask, torch.Tensor):
             return None
+        window = self.windows[index] if index < len(self.windows) else None
+        if window is not None:
+            cut = self._cut.get(id(mask))
+            if cut is None:
+                cached, new = hf.cache_length(call.cache, index), call.hidden_states.shape[1]
+                cut = self._cut[id(mask)] = decode_window_mask(mask, self.plan.kept_valid, cached, new, window)
+            return call.replaced(attention_mask=cut)
         cut = self._cut.get(id(mask))
         if cut is None:
             cut = self._cut[id(mask)] = slice_mask(mask, None, decode_columns(self.plan, mask.shape[-1]))

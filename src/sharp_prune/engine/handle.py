@@ -21,12 +21,13 @@ from torch import nn
 
 from .. import hf_protocol as hf
 from ..config import PruneConfig, check_layer
-from ..errors import AlreadyAppliedError, ConfigTypeError, InputError, ProtocolError
+from ..errors import AlreadyAppliedError, ConfigError, ConfigTypeError, InputError, ProtocolError
 from ..models import ModelAdapter, resolve_adapter
 from ..record import PruneRecord
 from ..steps.keep_plan import KeepPlan
 from ..steps.locate import checked_frame_map, locate
 from ..steps.record import empty_record
+from ..steps.sliding import score_layer
 from . import attention as attn
 from .forward import Decode, Forward, NoVideoPrefill, Parts
 from .prefill import Prefill
@@ -54,8 +55,15 @@ class PruneHandle:
         self._decoder = adapter.decoder(model)
         layers = adapter.layers(model)
         self._attention_modules = hf.attention_modules(layers)
+        windows = hf.layer_windows(self._decoder.config, len(layers), type(model).__name__)
         self._parts = Parts(
-            config=config, selector=config.selector(), adapter=adapter, model=self._model_ref, layers=layers
+            config=config,
+            selector=config.selector(),
+            adapter=adapter,
+            model=self._model_ref,
+            layers=layers,
+            windows=windows,
+            score_layer=score_layer(windows, config.layer, type(model).__name__) if config.query != "none" else 0,
         )
         self._use_base_implementation(hf.attention_implementation(self._decoder.config))
         self._forward_params = hf.forward_parameters(model)
@@ -80,6 +88,11 @@ class PruneHandle:
                 "this model's attention is already wrapped by sharp-prune; remove that handle first."
             )
         attn.registered_name(impl)  # validates the implementation
+        if "flash" in impl and any(window is not None for window in self._parts.windows):
+            raise ConfigError(
+                f"sharp-prune does not prune a model with sliding-window layers under {impl} yet (its kernels count "
+                "the window in the cache, which pruning shortens); load the model with attn_implementation='sdpa'."
+            )
         self._parts.base_impl = impl
         self._parts.base_attention = attn.base_attention_for(impl, self._attention_modules[0])
         self._parts.drop_position_ids = "flash" in impl
@@ -95,7 +108,8 @@ class PruneHandle:
         self._hooks.append(model.register_forward_hook(self._on_model_output, always_call=True))
         self._hooks.append(self._decoder.register_forward_pre_hook(self._on_decoder_forward, with_kwargs=True))
         if not self.config.rope:
-            self._hooks.append(layers[k - 1].register_forward_pre_hook(self._on_layer_before_k, with_kwargs=True))
+            scoring = layers[self._parts.score_layer]
+            self._hooks.append(scoring.register_forward_pre_hook(self._on_scoring_layer, with_kwargs=True))
         for index in range(k, len(layers)):
             self._hooks.append(layers[index].register_forward_pre_hook(self._on_layer(index), with_kwargs=True))
         _APPLIED[model] = self
@@ -193,7 +207,7 @@ class PruneHandle:
         """What this call is: a decoding step after our prefill, a prefill (with or without video), or other."""
         if not call.is_prefill:
             if self._written is not None and self._written[0]() is call.cache:
-                return Decode(plan=self._written[1], pre=self._written[2])
+                return Decode(plan=self._written[1], pre=self._written[2], windows=self._parts.windows)
             return Forward()
         hf.check_dynamic_cache(call.cache)
         self._written = None
@@ -222,7 +236,7 @@ class PruneHandle:
         """Called by the registered attention function of every text layer (see `attention.py`)."""
         return self._forward.attend(module, query, key, value, attention_mask, **kwargs)
 
-    def _on_layer_before_k(self, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _on_scoring_layer(self, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._forward.keep_rope(hf.read_layer_call(args, kwargs))
 
     def _on_layer(self, index: int) -> Callable[..., Any]:

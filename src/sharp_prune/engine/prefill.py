@@ -34,6 +34,7 @@ from ..steps.locate import Located
 from ..steps.pre_stage import PreStage, temporal_merge
 from ..steps.record import prefill_record
 from ..steps.score import score_video
+from ..steps.sliding import kept_window_mask
 from .forward import Forward, Parts, Replacement, check_prefill_at_k
 
 
@@ -134,10 +135,10 @@ class Prefill(Forward):
         if layer is None or layer >= self.parts.k or key.shape[2] != self.located.seq_len:
             return None
         self.observed.add(layer)
-        if layer == self.parts.k - 1 and self.located.query_index is not None:
+        if layer == self.parts.score_layer and self.located.query_index is not None:
             self.score(module, query, key)
-        if self.segment_map is None:
-            return None
+        if self.segment_map is None or self.parts.windows[layer] is not None:
+            return None  # a sliding-window layer keeps its own window: it is local already
         if self.parts.base_impl == "eager":
             # Eager returns the attention weights (output_attentions): run it under the method's dense mask, so that
             # the weights are the method's too. Eager materialises L x L anyway; the other implementations never do.
@@ -153,11 +154,14 @@ class Prefill(Forward):
         return output, None
 
     def score(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor) -> None:
-        """Layer K-1: the attention the query rows pay to each video token (post-RoPE, or without RoPE)."""
+        """The scoring layer (K-1, or the last full-attention layer below K): the attention the query rows pay to
+        each video token (post-RoPE, or without RoPE)."""
         rope = None
         if not self.config.rope:
             if self.rope is None:
-                raise hf.protocol_error("decoder layer K-1 received no position embeddings, so RoPE cannot be removed")
+                raise hf.protocol_error(
+                    f"decoder layer {self.parts.score_layer} received no position embeddings, so RoPE cannot be removed"
+                )
             rope = self.rope
         self._scores_to.scores = score_video(query, key, self.located, hf.attention_scaling(module), rope)
 
@@ -165,7 +169,7 @@ class Prefill(Forward):
     def at_layer(self, index: int, call: hf.LayerCall) -> Replacement:
         if index == self.parts.k:
             return self.prune(call)
-        return self.follow(call)
+        return self.follow(index, call)
 
     def prune(self, call: hf.LayerCall) -> Replacement:
         """Layer K's call: blank pass, calibrate, select, apply the keep plan, record."""
@@ -182,7 +186,9 @@ class Prefill(Forward):
         calibrated = config.calibrate(scores, prior) if prior is not None else scores
         selection = self.select(call.hidden_states, calibrated)
         located = self.located
-        self.plan = build_keep_plan(located.layout, selection.keep, located.seq_len, selection.hidden)
+        self.plan = build_keep_plan(
+            located.layout, selection.keep, located.seq_len, selection.hidden, key_valid=located.key_valid
+        )
         self.cache_at_k = weakref.ref(call.cache) if call.cache is not None else None
         self.record = prefill_record(
             config,
@@ -210,7 +216,7 @@ class Prefill(Forward):
         if self.segment_map is not None:
             needed = set(range(self.parts.k))
         elif self.config.query != "none":
-            needed = {self.parts.k - 1}
+            needed = {self.parts.score_layer}
         missing = sorted(needed - self.observed)
         if missing:
             raise hf.protocol_error(
@@ -249,7 +255,7 @@ class Prefill(Forward):
         kwargs = call.rerun_kwargs()  # same positions and mask, no cache
         with self._scoring_into(blank), torch.no_grad(), hf.outputs_not_captured():
             hidden = embeds
-            for layer in parts.layers[: parts.k]:
+            for layer in parts.layers[: parts.score_layer + 1]:  # the layers above it cannot change its scores
                 hidden = layer(hidden, **kwargs)
         if blank.scores is None:
             raise hf.protocol_error("the blank pass produced no attention scores at layer K-1")
@@ -305,10 +311,13 @@ class Prefill(Forward):
             attention_mask=call.attention_mask,
             drop_position_ids=self.parts.drop_position_ids,
         )
+        mask = self._window_mask(self.parts.k, call.attention_mask)
+        if mask is None:
+            mask = sliced.attention_mask
         for original, value in (
             (call.position_embeddings, sliced.position_embeddings),
             (call.position_ids, sliced.position_ids),
-            (call.attention_mask, sliced.attention_mask),
+            (call.attention_mask, mask),
         ):
             if original is not None:
                 self._sliced[id(original)] = value
@@ -316,11 +325,23 @@ class Prefill(Forward):
             hidden_states=sliced.hidden_states,
             position_embeddings=sliced.position_embeddings,
             position_ids=sliced.position_ids,
-            attention_mask=sliced.attention_mask,
+            attention_mask=mask,
         )
 
+    def _layer_mask(self, layer: int, mask: Any, index: torch.Tensor) -> Any:
+        """A layer >= K's mask: its window over the kept tokens (sliding layers), else the mask cut to them."""
+        windowed = self._window_mask(layer, mask)
+        return windowed if windowed is not None else slice_mask(mask, index, index)
+
+    def _window_mask(self, layer: int, mask: Any) -> torch.Tensor | None:
+        """A sliding layer's mask over the kept tokens (the window counts kept tokens), or None for other layers."""
+        window = self.parts.windows[layer]
+        if window is None or not isinstance(mask, torch.Tensor) or mask.ndim != 4:
+            return None
+        return kept_window_mask(mask, self.plan.kept_len, self.plan.kept_valid, window)
+
     # ---------------------------------------------------------------------------- layers K+1..L-1
-    def follow(self, call: hf.LayerCall) -> Replacement:
+    def follow(self, layer: int, call: hf.LayerCall) -> Replacement:
         """Later layers get the same sliced arguments (or their own, sliced once: a mask per layer type)."""
         if self.plan is None or self.plan.is_identity:
             return None
@@ -332,7 +353,7 @@ class Prefill(Forward):
         return call.replaced(
             position_embeddings=self._once(call.position_embeddings, lambda t: slice_position_embeddings(t, index)),
             position_ids=position_ids,
-            attention_mask=self._once(call.attention_mask, lambda m: slice_mask(m, index, index)),
+            attention_mask=self._once(call.attention_mask, lambda m: self._layer_mask(layer, m, index)),
         )
 
     def _once(self, value: Any, slicer: Any) -> Any:

@@ -60,6 +60,24 @@ def tiny_causal_lm(num_layers: int, attn_implementation: str, dtype: torch.dtype
     )
 
 
+def tiny_sliding_lm(
+    num_layers: int = 6,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    window: int = 8,
+) -> nn.Module:
+    """A randomly initialised `Gemma3ForCausalLM` whose layers alternate as Gemma 3's do, at toy size: two
+    sliding-window layers (window `window`) then one full-attention layer, repeated."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    text = tiny.text_config(num_layers, rope=False)
+    kinds = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(num_layers)]
+    config = Gemma3TextConfig(**text, head_dim=16, query_pre_attn_scalar=16, sliding_window=window, layer_types=kinds)
+    return tiny.finish(Gemma3ForCausalLM(config), attn_implementation, dtype)
+
+
 GENERIC = ModelAdapter(
     name="generic",
     class_names=(),

@@ -26,12 +26,14 @@ class KeepPlan:
         seq_len: L, the prefill length the positions refer to.
         visual_hidden: [b, B, D] hidden states to place at the kept visual slots (aligned with
             `kept_visual`), or None to keep the tokens' own (merged tokens and registers use it).
+        kept_valid: [b, L'] bool, False where a kept position is padding (None: no padding).
     """
 
     index: torch.Tensor
     kept_visual: torch.Tensor
     seq_len: int
     visual_hidden: torch.Tensor | None = None
+    kept_valid: torch.Tensor | None = None
 
     @property
     def kept_len(self) -> int:
@@ -43,11 +45,16 @@ class KeepPlan:
 
 
 def build_keep_plan(
-    layout: VisualLayout, keep_local: torch.Tensor, seq_len: int, visual_hidden: torch.Tensor | None = None
+    layout: VisualLayout,
+    keep_local: torch.Tensor,
+    seq_len: int,
+    visual_hidden: torch.Tensor | None = None,
+    key_valid: torch.Tensor | None = None,
 ) -> KeepPlan:
     """Turn a selector's [b, B] local indices into original positions and the full kept index.
 
-    `visual_hidden` ([b, B, D], aligned with `keep_local`) follows the tokens when they are sorted.
+    `visual_hidden` ([b, B, D], aligned with `keep_local`) follows the tokens when they are sorted; `key_valid`
+    ([b, L] bool, False at padding) gives the plan's `kept_valid`.
     """
     keep_local, order = keep_local.to(layout.positions.device).sort(dim=1)
     if visual_hidden is not None:
@@ -61,7 +68,10 @@ def build_keep_plan(
     # in order, without nonzero() (which waits for the device to say how many there are)
     kept_len = seq_len - layout.num_visual + keep_local.shape[1]
     index = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :kept_len].contiguous()
-    return KeepPlan(index=index, kept_visual=kept_visual, seq_len=seq_len, visual_hidden=visual_hidden)
+    kept_valid = gather_along(key_valid.bool(), index, dim=1) if key_valid is not None else None
+    return KeepPlan(
+        index=index, kept_visual=kept_visual, seq_len=seq_len, visual_hidden=visual_hidden, kept_valid=kept_valid
+    )
 
 
 def gather_along(tensor: torch.Tensor, index: torch.Tensor, dim: int, batch_dim: int = 0) -> torch.Tensor:

@@ -1,0 +1,189 @@
+"""Models with sliding-window layers (Gemma 3's layer mix, as Gemma 4 has it): where scores are read, the masks of
+layers >= K, decoding from the pruned cache, batches, and every method, through the generic adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import reference_logits_layered
+from test_methods import ALL, _name
+
+import sharp_prune as sp
+from sharp_prune import hf_protocol as hf
+from sharp_prune.errors import ConfigError, UnsupportedModelError
+from sharp_prune.steps.sliding import decode_window_mask, kept_window_mask, score_layer
+from sharp_prune.testing import PAD_ID, tiny_sliding_lm
+
+WINDOW = 8
+WIDTH, START, FRAMES, PER_FRAME = 64, 8, 5, 8  # 40 video tokens, five windows' worth
+FULL = [2, 5]  # the tiny model's full-attention layers (sliding, sliding, full, ...)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_sliding_lm(num_layers=6, window=WINDOW)
+
+
+def _prompt(seed: int = 1, length: int = WIDTH) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(3, 200, (1, length), generator=torch.Generator().manual_seed(seed))
+    return ids, sp.frame_map_for_span(length, start=START, num_frames=FRAMES, tokens_per_frame=PER_FRAME)
+
+
+def _kept_index(record) -> torch.Tensor:
+    visual = set(record.visual_positions[0].tolist())
+    kept = set(record.keep_positions[0].tolist())
+    return torch.tensor([p for p in range(record.seq_len) if p not in visual or p in kept])
+
+
+# ------------------------------------------------------------------------------------------------- pure functions
+def test_score_layer_is_the_last_full_attention_layer_below_k():
+    windows = [WINDOW, WINDOW, None, WINDOW, WINDOW, None]
+    assert [score_layer(windows, k) for k in (3, 4, 5)] == [2, 2, 2]
+    assert score_layer([None] * 4, 3) == 2  # a model without sliding layers scores at K-1
+    for k in (1, 2):
+        with pytest.raises(ConfigError, match=r"K >= 3 \(full-attention layers: \[2, 5\]\)"):
+            score_layer(windows, k)
+
+
+def test_layer_windows_reads_layer_types_and_refuses_other_kinds(model):
+    assert hf.layer_windows(model.config, 6) == (WINDOW, WINDOW, None, WINDOW, WINDOW, None)
+
+    class Hybrid:
+        layer_types = ["linear_attention", "full_attention"]
+
+    with pytest.raises(UnsupportedModelError, match="linear_attention"):
+        hf.layer_windows(Hybrid(), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_kept_window_mask_is_a_band_over_kept_tokens_without_padding_keys(dtype):
+    n = 12
+    valid = torch.ones(2, n, dtype=torch.bool)
+    valid[1, :3] = False  # left padding
+    like = torch.zeros(2, 1, 30, 30, dtype=dtype)
+    mask = kept_window_mask(like, n, valid, window=4)
+    allowed = mask if dtype == torch.bool else mask == 0
+    for b in range(2):
+        for i in range(n):
+            for j in range(n):
+                expected = (0 <= i - j < 4 and bool(valid[b, j])) or i == j
+                assert bool(allowed[b, 0, i, j]) == expected
+
+
+def test_decode_window_mask_sees_what_the_sliding_cache_holds():
+    valid = torch.tensor([[False, True, True, True, True]])  # 5 kept tokens, the first one padding
+    like = torch.zeros(1, 1, 1, 99, dtype=torch.bool)
+    # 5 kept + 1 decoded = 6 seen, window 4: the cache holds the last 3, then the new token
+    mask = decode_window_mask(like, valid, cached=6, new=1, window=4)
+    assert mask.shape == (1, 1, 1, 4) and mask.all()
+    # 3 seen (fewer than the window): the padding among them stays masked
+    mask = decode_window_mask(like, valid[:, :3], cached=3, new=2, window=4)
+    assert mask[0, 0].tolist() == [[False, True, True, True, False], [False, True, True, True, True]]
+
+
+# ------------------------------------------------------------------------------------------------- the engine
+def test_a_k_with_only_sliding_layers_below_it_is_refused_for_scoring_methods(model):
+    before = hf.attention_implementation(model.config)
+    with pytest.raises(ConfigError, match="sliding window"):
+        sp.apply(model, method="fastv", layer=2)
+    assert hf.attention_implementation(model.config) == before and not model._forward_pre_hooks
+    sp.apply(model, method="random", layer=2).remove()  # a method without scores may drop anywhere
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_scores_come_from_the_last_full_attention_layer_below_k(model, k):
+    ids, frame_map = _prompt()
+    scores = []
+    for layer in (3, k):
+        handle = sp.apply(model, method="fastv", retention=0.3, layer=layer, record_scores=True)
+        with handle, handle.visual_frames(frame_map), torch.no_grad():
+            model(input_ids=ids)
+        scores.append(handle.last.raw_scores)
+    torch.testing.assert_close(scores[0], scores[1])  # K = 3, 4, 5 all read layer 2
+
+
+@pytest.mark.parametrize("method,k", [("fastv", 1), ("random", 2), ("fastv", 3)])
+def test_keep_all_equals_the_unpruned_model(model, method, k):
+    if method == "fastv" and k < FULL[0] + 1:
+        k = FULL[0] + 1
+    ids, frame_map = _prompt()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        handle = sp.apply(model, method=method, retention=1.0, layer=k)
+        with handle, handle.visual_frames(frame_map):
+            logits = model(input_ids=ids).logits
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("method,k", [("fastv", 3), ("random", 1), ("divprune", 4), ("fastv", 5)])
+def test_pruned_forward_equals_the_kept_sequence_run_directly(method, k, attn):
+    model = tiny_sliding_lm(num_layers=6, window=WINDOW, attn_implementation=attn)
+    ids, frame_map = _prompt()
+    handle = sp.apply(model, method=method, retention=0.3, layer=k)
+    with handle, handle.visual_frames(frame_map), torch.no_grad():
+        logits = model(input_ids=ids).logits
+    keep = _kept_index(handle.last)
+    assert logits.shape[1] == keep.numel() < WIDTH
+    torch.testing.assert_close(logits, reference_logits_layered(model, ids, keep, k), atol=1e-5, rtol=1e-5)
+
+
+def test_generate_continues_from_the_pruned_cache_as_the_reference_does(model):
+    ids, frame_map = _prompt()
+    steps, k = 12, 3  # more steps than the window: the sliding cache of layers >= K drops old tokens
+    handle = sp.apply(model, method="fastv", retention=0.3, layer=k)
+    with handle, handle.visual_frames(frame_map), torch.no_grad():
+        generated = model.generate(input_ids=ids, max_new_tokens=steps, do_sample=False)
+    keep = _kept_index(handle.last)
+    tokens = ids
+    for _ in range(steps):
+        full_keep = torch.cat([keep, torch.arange(WIDTH, tokens.shape[1])])
+        logits = reference_logits_layered(model, tokens, full_keep, k)
+        tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generated, tokens)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_batch_equals_its_samples_one_by_one(model, side):
+    lengths = [WIDTH, WIDTH - 7]
+    rows = [_prompt(seed=i, length=n)[0][0] for i, n in enumerate(lengths)]
+    ids = torch.full((2, WIDTH), PAD_ID)
+    mask = torch.zeros(2, WIDTH, dtype=torch.long)
+    frame_map = torch.full((2, WIDTH), -1)
+    for i, row in enumerate(rows):
+        offset = WIDTH - len(row) if side == "left" else 0
+        ids[i, offset : offset + len(row)] = row
+        mask[i, offset : offset + len(row)] = 1
+        frame_map[i, offset : offset + len(row)] = sp.frame_map_for_span(len(row), START, FRAMES, PER_FRAME)[0]
+    handle = sp.apply(model, method="fastv", retention=0.3, layer=3)
+    with handle, torch.no_grad():
+        with handle.visual_frames(frame_map):
+            batch = model(input_ids=ids, attention_mask=mask).logits
+            record = handle.last
+            batch_tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
+        for i, row in enumerate(rows):
+            with handle.visual_frames(sp.frame_map_for_span(len(row), START, FRAMES, PER_FRAME)):
+                single = model(input_ids=row[None]).logits
+                tokens = model.generate(input_ids=row[None], max_new_tokens=10, do_sample=False)
+            # the batch row's slot of the prompt's last token, among its kept positions
+            dropped = set(record.visual_positions[i].tolist()) - set(record.keep_positions[i].tolist())
+            last_real = WIDTH - 1 if side == "left" else len(row) - 1
+            slot = sum(1 for p in range(last_real + 1) if p not in dropped) - 1
+            torch.testing.assert_close(batch[i, slot], single[0, -1], atol=1e-5, rtol=1e-5)
+            if side == "left":  # generate appends after the padded width: right padding would put pads in between
+                assert torch.equal(tokens[0, -10:], batch_tokens[i, -10:])
+
+
+@pytest.mark.parametrize("cfg", ALL, ids=_name)
+def test_every_method_prunes_and_generates(model, cfg):
+    ids, frame_map = _prompt()
+    ids = torch.cat([ids, ids.flip(1)])
+    frame_map = torch.cat([frame_map, frame_map])
+    handle = sp.apply(model, sp.PruneConfig(retention=0.25, layer=4, **cfg))
+    with handle, handle.visual_frames(frame_map), torch.no_grad():
+        logits = model(input_ids=ids).logits
+        tokens = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
+    expected = FRAMES * PER_FRAME if cfg["method"] == "none" else 10
+    assert handle.last.budget == [expected, expected]
+    assert torch.isfinite(logits).all() and tokens.shape == (2, WIDTH + 10)
+    assert not model._forward_pre_hooks  # remove() detached everything
