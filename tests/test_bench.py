@@ -133,6 +133,21 @@ def test_bench_options_are_validated_before_loading():
     assert [r.task_variant.split()[0] for r in runs] == list(VARIANTS) and "modified: scenes" in runs[0].task_variant
 
 
+def test_bench_on_gemma3_defaults_to_its_first_scoring_layer_and_refuses_sliding_only_k():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers())
+    (options,) = options_from_args(parser.parse_args(["bench", "--model", "gemma3-270m"]))
+    assert options.model == "gemma3-270m" and options.layers == (6,)
+    with pytest.raises(sp.ConfigError, match=r"K >= 6 \(full-attention layers: \[5, 11, 17\]\)"):
+        options_from_args(parser.parse_args(["bench", "--model", "gemma3-270m", "--layers", "2"]))
+    (options,) = options_from_args(
+        parser.parse_args(["bench", "--model", "gemma3-270m", "--layers", "2", "--methods", "random,uniform"])
+    )
+    assert options.layers == (2,)
+
+
 @pytest.mark.parametrize("needle", range(8))
 @pytest.mark.parametrize("frames", [9, 16, 64])
 def test_a_needle_of_k_frames_is_one_run_and_every_other_scene_has_frames(needle, frames):

@@ -99,6 +99,7 @@ def test_scores_come_from_the_last_full_attention_layer_below_k(model, k):
         with handle, handle.visual_frames(frame_map), torch.no_grad():
             model(input_ids=ids)
         scores.append(handle.last.raw_scores)
+        assert handle.score_layer == 2
     torch.testing.assert_close(scores[0], scores[1])  # K = 3, 4, 5 all read layer 2
 
 
@@ -187,3 +188,10 @@ def test_every_method_prunes_and_generates(model, cfg):
     assert handle.last.budget == [expected, expected]
     assert torch.isfinite(logits).all() and tokens.shape == (2, WIDTH + 10)
     assert not model._forward_pre_hooks  # remove() detached everything
+
+
+def test_the_flops_model_refuses_sliding_layers_rather_than_miscount(model):
+    from sharp_prune.measure.prefill_shape import TextDims
+
+    with pytest.raises(UnsupportedModelError, match="sliding-window"):
+        TextDims.from_config(model)

@@ -47,6 +47,7 @@ class PretrainedLM:
         locate: returns the GGUF file (raises FileNotFoundError with `install` when it is missing).
         chat: whether it is instruction-tuned with a chat template (else prompts are plain text).
         cache_name: folder under ``~/.cache/sharp-prune`` for the dequantised copy.
+        default_layer: the K the commands use unless told: the smallest at which every method can read scores.
     """
 
     name: str
@@ -55,6 +56,7 @@ class PretrainedLM:
     locate: Callable[[], Path]
     chat: bool
     cache_name: str
+    default_layer: int = 2
 
     @property
     def cache_dir(self) -> Path:
@@ -100,6 +102,7 @@ PRETRAINED: dict[str, PretrainedLM] = {
         _gemma3_gguf,
         False,
         "gemma3-270m",
+        default_layer=6,  # layers 0-4 attend in a 512-token window; layer 5 is the first to see the whole video
     ),
 }
 

@@ -38,6 +38,7 @@ class BenchOptions:
     ablation: bool = False
     task: TaskConfig = field(default_factory=TaskConfig)
     task_variant: str = "redundant"
+    model: str = "smollm2"
     dtype: str = "bf16"
     threads: int | None = None
 
@@ -159,6 +160,7 @@ def run_bench(
                         progress(done, total, f"item {index + 1}/{len(items)} {method} r={retention} K={layer}")
     return {
         "options": _options_dict(options),
+        "model": options.model,
         "task_variant": options.task_variant,
         "num_visual": items[0].num_visual if items else 0,
         "seq_len": int(items[0].input_ids.shape[1]) if items else 0,

@@ -10,6 +10,7 @@ import traceback
 from ..errors import SharpPruneError
 from .args import decoder_layer, fraction
 from .bench import add_bench_parser
+from .probe import add_probe_parser
 from .run import add_run_parser
 from .speed import add_speed_parser
 from .viz import add_viz_parser
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo)
     add_bench_parser(sub)
+    add_probe_parser(sub)
     add_run_parser(sub)
     add_speed_parser(sub)
     add_viz_parser(sub)

@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,12 @@ import torch
 from ..bench.report import plot_accuracy, print_table, write_json
 from ..bench.runner import DEFAULT_METHODS, BenchOptions, run_bench, smallest_layer
 from ..bench.task import ALL_QUESTION_TYPES, VARIANTS, check_task, describe
-from ..config import ablations, check_layer
+from ..config import ablations, check_layer, config_for
 from ..errors import ConfigError
+from ..hf_protocol import layer_windows
 from ..models.loading import DTYPES
+from ..pretrained import PRETRAINED, load_pretrained, pretrained_config
+from ..steps.sliding import score_layer
 from .args import comma_list, decoder_layer, fraction, output_dir, positive_int
 
 logger = logging.getLogger(__name__)
@@ -28,7 +32,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `bench` on an argparse subparsers object."""
     parser = subparsers.add_parser(
         "bench",
-        help="what pruning keeps: SmolLM2-135M on the captioned-video task, every method side by side",
+        help="what pruning keeps: a real LM (SmolLM2-135M, Gemma 3 270M) on the captioned-video task, every method "
+        "side by side",
         description="Accuracy, agreement with the unpruned answer, KL, needle recall and prefill time ratio of "
         "every method at every retention and layer, measured in one process against the unpruned model.",
     )
@@ -39,7 +44,17 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--retentions", type=comma_list(fraction), default=(0.1, 0.2, 0.3), help="comma-separated (0.1,0.2,0.3)"
     )
     parser.add_argument(
-        "--layers", type=comma_list(decoder_layer), default=(2,), help="comma-separated layers K to sweep (default 2)"
+        "--model",
+        choices=tuple(PRETRAINED),
+        default="smollm2",
+        help="the real LM: "
+        + "; ".join(f"{name}: {entry.title}, default K {entry.default_layer}" for name, entry in PRETRAINED.items()),
+    )
+    parser.add_argument(
+        "--layers",
+        type=comma_list(decoder_layer),
+        default=None,
+        help="comma-separated layers K to sweep (default: the model's, 2 for smollm2)",
     )
     parser.add_argument(
         "--ablation", action="store_true", help=f"add each method with one component off: {', '.join(ablations())}"
@@ -93,7 +108,8 @@ def options_from_args(args: argparse.Namespace) -> list[BenchOptions]:
             split=args.split,
             methods=args.methods,
             retentions=args.retentions,
-            layers=args.layers,
+            layers=args.layers or (PRETRAINED[args.model].default_layer,),
+            model=args.model,
             ablation=args.ablation,
             task=replace(VARIANTS[name], **given),
             task_variant=name if not given else f"{name} (modified: {', '.join(sorted(given))})",
@@ -128,11 +144,20 @@ def validate(options: BenchOptions) -> None:
         raise ConfigError(f"{error} Change --frames or --scenes.") from error
     if options.task.choices < 2:
         raise ConfigError(f"--choices must be >= 2, got {options.task.choices}.")
-    from ..smollm2 import smollm2_config
+    check_model_layers(options.model, options.layers, options.method_list())
 
-    num_layers = smollm2_config().num_hidden_layers  # the config only: no weights are read
-    for layer in options.layers:
-        check_layer(layer, num_layers, "SmolLM2-135M")
+
+def check_model_layers(model: str, layers: Sequence[int], methods: Sequence[str]) -> None:
+    """Every K in range for the model, and with a full-attention layer below it for the methods that read scores
+    (from the model's config only: no weights are read)."""
+    config = pretrained_config(model)
+    title = PRETRAINED[model].title
+    num_layers = config.num_hidden_layers
+    windows = layer_windows(config, num_layers, title)
+    for layer in layers:
+        check_layer(layer, num_layers, title)
+        if any(config_for(method, layer=layer).query != "none" for method in methods):
+            score_layer(windows, layer, title)
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -157,7 +182,8 @@ def bench_command(args: argparse.Namespace) -> int:
                     result["summary"],
                     result["baseline"]["accuracy"],
                     out / "bench.png",
-                    title=f"SmolLM2-135M, task {options.task_variant} ({result['num_visual']} visual tokens)",
+                    title=f"{PRETRAINED[options.model].title}, task {options.task_variant} "
+                    f"({result['num_visual']} visual tokens)",
                 )
                 print(f"wrote {png}")
             except ImportError:
@@ -166,7 +192,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def run_with_progress(options: BenchOptions) -> dict[str, Any]:
-    """Load SmolLM2 and run the benchmark with a progress bar."""
+    """Load the model and run the benchmark with a progress bar."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -176,14 +202,12 @@ def run_with_progress(options: BenchOptions) -> dict[str, Any]:
         TimeRemainingColumn,
     )
 
-    from ..smollm2 import load_smollm2
-
     previous_threads = torch.get_num_threads()
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
         dtype = DTYPES[options.dtype]
-        model, tokenizer = load_smollm2(dtype=dtype)
+        model, tokenizer = load_pretrained(options.model, dtype=dtype)
         started = time.perf_counter()
         columns = (
             TextColumn("{task.description}"),

@@ -150,6 +150,12 @@ class PruneHandle:
     def active(self) -> bool:
         return self._active
 
+    @property
+    def score_layer(self) -> int | None:
+        """The decoder layer whose attention scores the video tokens: K-1, or on a model with sliding-window layers
+        the last full-attention layer below K; None for a method that reads no scores."""
+        return self._parts.score_layer if self.config.query != "none" else None
+
     def __enter__(self) -> PruneHandle:
         """`with handle:` prunes inside the block; a removed handle is attached again on entry."""
         if not self._active:
@@ -330,4 +336,13 @@ def apply(model: nn.Module, config: PruneConfig | None = None, **overrides: Any)
     handle = PruneHandle(model, config, adapter)  # checks the attention implementation; attaches nothing
     handle._attach()
     logger.info("sharp-prune: %s on %s (%s)", config, type(model).__name__, adapter.name)
+    if handle.score_layer is not None and handle.score_layer != config.layer - 1:
+        logger.info(
+            "sharp-prune: layers %d..%d attend in a sliding window; scores are read at layer %d, the last "
+            "full-attention layer below K=%d",
+            handle.score_layer + 1,
+            config.layer - 1,
+            handle.score_layer,
+            config.layer,
+        )
     return handle

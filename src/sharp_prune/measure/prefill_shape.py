@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedModelError
 from ..record import PruneRecord
 
 
@@ -42,6 +42,13 @@ class TextDims:
         if isinstance(config, nn.Module):
             config = config.config
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        if "sliding_attention" in (getattr(text, "layer_types", None) or ()):
+            # The model counts every layer's attention over the whole prefix and the blank pass as K layers; a
+            # sliding layer attends within its window and the blank pass stops at the scoring layer.
+            raise UnsupportedModelError(
+                f"the FLOPs model does not count sliding-window layers yet ({type(text).__name__} has them); its "
+                "figures would be wrong, so none are given. Time the prefill instead (sharp_prune.measure.timing)."
+            )
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         return cls(
