@@ -173,6 +173,15 @@ def forward_parameters(model: nn.Module) -> list[str]:
     return list(inspect.signature(model.forward).parameters)
 
 
+def cache_argument(model: nn.Module) -> str:
+    """The name under which this release's model forward takes a cache (`cache` since 5.24)."""
+    parameters = forward_parameters(model)
+    for name in MODEL_CACHE_NAMES:
+        if name in parameters:
+            return name
+    raise protocol_error(f"{type(model).__name__}.forward takes no cache argument (looked for {MODEL_CACHE_NAMES})")
+
+
 @dataclass(frozen=True)
 class ModelCall:
     """One top-level forward call of the model, by meaning.

@@ -71,9 +71,9 @@ class Trial:
 
 
 def _forward(model, item: Item) -> tuple[torch.Tensor, float]:
-    with torch.no_grad():
-        seconds, out = time_call(lambda: model(input_ids=item.input_ids, logits_to_keep=1), model_device(model))
-    return candidate_log_probs(out.logits, item), seconds
+    """The candidates' log-probabilities from one prefill (timed), and the seconds it took."""
+    seconds, log_probs = time_call(lambda: candidate_log_probs(model, item), model_device(model))
+    return log_probs, seconds
 
 
 def _kept_tokens(record) -> torch.Tensor:

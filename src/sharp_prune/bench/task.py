@@ -6,7 +6,8 @@ scene's caption with small variations, followed by background text shared by the
 (redundancy, as in real video). One scene is the *needle*: the question names two of its attributes
 and asks for the third. Distractor scenes share one attribute with the needle, so that the question
 can only be answered from the needle scene. The answer is scored by the log-likelihood of each
-candidate word after an assistant prefix, so an item costs one prefill.
+candidate word after an assistant prefix, so an item costs one prefill (a candidate of several tokens
+continues from its cache: `answers.answer_log_likelihoods`).
 
 Everything is seeded: `make_items(n, split="test")` always returns the same items, and the
 "validation" split uses disjoint seeds (tune on it, report on "test").
@@ -18,6 +19,8 @@ import random
 from dataclasses import dataclass, field
 
 import torch
+
+from .answers import answer_log_likelihoods
 
 COLOURS = ("red", "blue", "green", "yellow", "black", "white", "orange", "purple", "pink", "brown")
 OBJECTS = ("car", "dog", "cat", "bike", "boat", "kite", "horse", "bird", "truck", "train", "ball", "duck", "cow", "bus")
@@ -94,7 +97,7 @@ class Item:
     Attributes:
         input_ids: [1, L] prompt: chat header, the frames, the question, the assistant prefix.
         frame_map: [1, L] frame index of each visual token, -1 for text.
-        candidates: candidate answer words; `candidate_ids` their (single) token ids.
+        candidates: candidate answer words; `candidate_ids` the token ids of each (one or more).
         answer: index of the correct candidate.
         needle_scene: index of the scene the question is about; `needle_positions` the sequence
             positions of its frames' tokens and `answer_positions` those of the answer word in them.
@@ -110,7 +113,7 @@ class Item:
     answer: int
     input_ids: torch.Tensor
     frame_map: torch.Tensor
-    candidate_ids: list[int]
+    candidate_ids: list[list[int]]
     needle_positions: torch.Tensor = field(repr=False)
     answer_positions: torch.Tensor = field(repr=False)
 
@@ -291,12 +294,7 @@ def make_item(tokenizer, seed: int, config: TaskConfig = TaskConfig()) -> Item:
     ids += tail_ids
     frame_map += [-1] * len(tail_ids)
 
-    candidate_ids = []
-    for word in candidates:
-        token = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-        if len(token) != 1:
-            raise ValueError(f"candidate {word!r} is not a single token for this tokenizer.")
-        candidate_ids.append(token[0])
+    candidate_ids = [tokenizer(" " + word, add_special_tokens=False)["input_ids"] for word in candidates]
     return Item(
         seed=seed,
         question_type=kind,
@@ -321,7 +319,7 @@ def make_items(tokenizer, count: int, split: str = "test", config: TaskConfig = 
     return [make_item(tokenizer, SPLIT_SEEDS[split] + i, config) for i in range(count)]
 
 
-def candidate_log_probs(logits: torch.Tensor, item: Item) -> torch.Tensor:
-    """Log-probabilities of the candidates at the last position, renormalised over the candidates."""
-    scores = torch.log_softmax(logits[0, -1].float(), dim=-1)[item.candidate_ids]
-    return torch.log_softmax(scores, dim=-1)
+def candidate_log_probs(model, item: Item) -> torch.Tensor:
+    """Log-probabilities of the candidates as answers, renormalised over the candidates: one prefill of the prompt,
+    candidates of several tokens continuing from its cache (`answers.answer_log_likelihoods`)."""
+    return torch.log_softmax(answer_log_likelihoods(model, item.input_ids, item.candidate_ids), dim=-1)
