@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ..steps.indices import true_first
+
 BLOCK = 128  # candidates scored per matrix product (speed only; the picks do not depend on it)
 TIE = 1e-6  # cosines closer than this to the first pick's are ties
 
@@ -75,7 +77,7 @@ def farthest_point_sampling(
         done = 1
     else:
         # the kept rows without boolean indexing (nonzero() waits for the device): a stable sort puts them first
-        kept_rows = torch.argsort((~kept).to(torch.uint8), stable=True)[:num_kept]
+        kept_rows = true_first(kept)[:num_kept]
         nearest = nearest_similarity(unit, unit.index_select(0, kept_rows))
     inf = torch.tensor(torch.inf, device=unit.device)
     while done < total:

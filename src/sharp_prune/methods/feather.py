@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import PruneConfig, check_range, register_method
+from ..steps.indices import true_first
 from .base import Selection, SelectionInput, Selector
 from .uniform import frame_sizes, uniform_indices
 
@@ -27,7 +28,7 @@ class FeatherSelector(Selector):
             if rest:
                 chosen[torch.topk(scores.masked_fill(chosen, -torch.inf), rest).indices] = True
             # the B chosen in index order, without nonzero() (their number is known)
-            rows.append(torch.argsort((~chosen).to(torch.uint8), stable=True)[: inputs.budget])
+            rows.append(true_first(chosen)[: inputs.budget])
         return Selection(keep=torch.stack(rows))
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from ..hf_protocol import ModelCall
+from ..steps.indices import true_first
 from ..steps.locate import VisualLayout
 from . import tiny
 from .base import LmmsWrapper, ModelAdapter, TinyModel, black_pixels, input_ids_or_raise
@@ -37,7 +38,7 @@ def locate_llava_onevision(model: nn.Module, call: ModelCall, declared: torch.Te
     frame_map = torch.full(input_ids.shape, -1, dtype=torch.long, device=input_ids.device)
     is_video = input_ids == video_id
     counts = is_video.sum(dim=1).tolist()  # the adapter's one host sync: how many video tokens each sample has
-    order = torch.argsort((~is_video).to(torch.uint8), dim=1, stable=True)  # video positions first, in order
+    order = true_first(is_video, dim=1)  # video positions first, in order
     for row in range(input_ids.shape[0]):
         pos = order[row, : counts[row]]
         if pos.numel() == 0:

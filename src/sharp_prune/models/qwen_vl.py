@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from ..hf_protocol import ModelCall
+from ..steps.indices import true_first
 from ..steps.locate import VisualLayout
 from . import tiny
 from .base import LmmsWrapper, ModelAdapter, TinyModel, black_pixels, input_ids_or_raise, mixed_frame_sizes
@@ -31,7 +32,7 @@ def _frames_from_grids(
     grids, counts = values[: grid_thw.numel()], values[grid_thw.numel() :]
     videos = [(t, h // merge, w // merge) for t, h, w in zip(grids[0::3], grids[1::3], grids[2::3], strict=True)]
     frame_map = torch.full(is_video.shape, -1, dtype=torch.long, device=is_video.device)
-    order = torch.argsort((~is_video).to(torch.uint8), dim=1, stable=True)  # video positions first, in order
+    order = true_first(is_video, dim=1)  # video positions first, in order
     next_video = 0
     for row in range(is_video.shape[0]):
         pos = order[row, : counts[row]]

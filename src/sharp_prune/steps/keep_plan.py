@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import ProtocolError
+from .indices import true_first
 from .locate import VisualLayout
 
 
@@ -67,7 +68,7 @@ def build_keep_plan(
     # every sample keeps its L - N non-visual positions and its B distinct slots: a stable sort puts them first,
     # in order, without nonzero() (which waits for the device to say how many there are)
     kept_len = seq_len - layout.num_visual + keep_local.shape[1]
-    index = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :kept_len].contiguous()
+    index = true_first(keep, dim=1)[:, :kept_len].contiguous()
     kept_valid = gather_along(key_valid.bool(), index, dim=1) if key_valid is not None else None
     return KeepPlan(
         index=index, kept_visual=kept_visual, seq_len=seq_len, visual_hidden=visual_hidden, kept_valid=kept_valid

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from .indices import true_first
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class VisualLayout:
             raise InputError("frame indices of visual tokens must be non-decreasing along the sequence.")
         n = counts[0]
         # A stable sort puts each sample's visual positions first, in order (nonzero() would wait for the device).
-        positions = torch.argsort((~is_visual).to(torch.uint8), dim=1, stable=True)[:, :n].contiguous()
+        positions = true_first(is_visual, dim=1)[:, :n].contiguous()
         frame_ids = frame_map.gather(1, positions)
         return cls(positions=positions, frame_ids=frame_ids, grid=grid, frames=max(last_frame) + 1)
 

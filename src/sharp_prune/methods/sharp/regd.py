@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ...steps.indices import true_first
+
 
 def dedup_greedy(
     scores: torch.Tensor, unit: torch.Tensor, count: int, delta: float, block: int = 256
@@ -75,7 +77,7 @@ def dedup_greedy(
         use_block = in_block.max(dim=1).values > best
         owner = torch.where(use_block, chunk[in_block.argmax(dim=1)], owners)
         duplicate_of[chunk] = torch.where(visited & ~accepted, owner, -1)
-        slots = torch.argsort((~accepted).to(torch.uint8), stable=True)[:new]  # accepted, in walk order
+        slots = true_first(accepted)[:new]  # accepted, in walk order
         accepted_ids = torch.cat([accepted_ids, chunk[slots]])
         accepted_units = torch.cat([accepted_units, vectors[slots]])
         total += new

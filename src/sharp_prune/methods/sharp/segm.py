@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...steps.indices import true_first
+
 
 def frame_descriptors(
     visual_embeds: torch.Tensor, frame_ids: torch.Tensor, num_frames: int | None = None
@@ -120,8 +122,8 @@ def plan_segments(segment_map: torch.Tensor, key_valid: torch.Tensor | None, max
     summary = torch.stack([sizes, before, inside], dim=-1).tolist()  # the one host sync of SegM
     # segment s occupies order[offset_s : offset_s + size_s] of the positions sorted by segment (text last)
     by_segment = torch.argsort(torch.where(is_text, max_segments, segment_map), dim=1, stable=True)
-    text_first = torch.argsort((~text_valid).to(torch.uint8), dim=1, stable=True)
-    text_rows = torch.argsort((~is_text).to(torch.uint8), dim=1, stable=True)
+    text_first = true_first(text_valid, dim=1)
+    text_rows = true_first(is_text, dim=1)
     plans, counts, rows_of_text = [], [], []
     for i in range(b):
         blocks, offset = [], 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...steps.indices import true_first
 from ..base import Selection, SelectionInput, Selector
 from ..diversity import farthest_point_sampling
 from .regd import dedup_greedy, segment_registers
@@ -89,5 +90,5 @@ class ShaRPSelector(Selector):
             states[slots] = register_states
             is_register[slots] = True
         # the kept slots in index order, without nonzero(): their number is known here
-        keep = torch.argsort((~(kept | is_register)).to(torch.uint8), stable=True)[: num_kept + slots.numel()]
+        keep = true_first(kept | is_register)[: num_kept + slots.numel()]
         return keep, states[keep], is_register[keep]
