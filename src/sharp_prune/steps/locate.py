@@ -96,7 +96,11 @@ class VisualLayout:
 
 
 def protect_last_token(
-    layout: VisualLayout, key_valid: torch.Tensor | None, seq_len: int, ends: list[int] | None = None
+    layout: VisualLayout,
+    key_valid: torch.Tensor | None,
+    seq_len: int,
+    ends: list[int] | None = None,
+    last: torch.Tensor | None = None,
 ) -> VisualLayout | None:
     """The layout without the prompt's last token when that token is a video token.
 
@@ -107,9 +111,11 @@ def protect_last_token(
     Raises `InputError` when some samples of the batch end in a video token and others do not (the samples
     would keep different numbers of video tokens).
 
-    `ends`: per sample, 1 where it ends in a video token, when the caller has read it already (else read here).
+    `ends`: per sample, 1 where it ends in a video token, when the caller has read it already (else read here);
+    `last`: [b] each sample's last real position, when the caller has it.
     """
-    last = _last_real(layout, key_valid, seq_len)
+    if last is None:
+        last = _last_real(layout, key_valid, seq_len)
     if ends is None:
         ends = (layout.positions[:, -1] == last).long().tolist()  # positions are sorted: only the last can be it
     count = sum(ends)
@@ -264,7 +270,7 @@ def locate(
     padded, ends, text_after = torch.stack([padded.long(), ends.long(), text_after]).tolist()
     if any(padded):
         raise InputError("some visual tokens are masked out as padding in attention_mask; check the inputs.")
-    layout = protect_last_token(layout, key_valid, seq_len, ends)
+    layout = protect_last_token(layout, key_valid, seq_len, ends, last)
     if layout is None:
         return None
     # a sample that ends in a video token has no text after it either way
