@@ -77,11 +77,16 @@ def _causal(n: int, window: int | None) -> torch.Tensor:
 
 @torch.no_grad()
 def reference_logits_layered(
-    model: nn.Module, input_ids: torch.Tensor, keep_index: torch.Tensor, layer: int, last_only: bool = False
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    keep_index: torch.Tensor,
+    layer: int,
+    last_only: bool = False,
+    **layer_kwargs: object,
 ) -> torch.Tensor:
     """The same for a model whose layers differ in kind (Gemma 3: `config.layer_types`, sliding windows): layers
     >= `layer` run on the kept sequence as if it were the input, so a sliding window counts kept tokens.
-    `last_only`: the last position's logits only."""
+    `last_only`: the last position's logits only; `layer_kwargs`: more arguments every decoder layer takes."""
     decoder = model.model
     config = decoder.config
     embeds = decoder.embed_tokens(input_ids)
@@ -99,6 +104,7 @@ def reference_logits_layered(
             hidden,
             attention_mask=_causal(hidden.shape[1], window),
             position_embeddings=(cos[:, current], sin[:, current]),
+            **layer_kwargs,
         )
     if last_only:
         hidden = hidden[:, -1:]

@@ -195,3 +195,50 @@ def test_the_flops_model_refuses_sliding_layers_rather_than_miscount(model):
 
     with pytest.raises(UnsupportedModelError, match="sliding-window"):
         TextDims.from_config(model)
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [{"hidden_size_per_layer_input": 16}, {"hidden_size_per_layer_input": 0, "num_kv_shared_layers": 3}],
+    ids=["per-layer-inputs", "shared-kv"],
+)
+def test_gemma4_text_stacks_with_per_layer_inputs_or_shared_kv_are_refused(feature):
+    from transformers import Gemma4TextConfig
+
+    config = Gemma4TextConfig(num_hidden_layers=6, vocab_size_per_layer_input=256, **feature)
+    with pytest.raises(UnsupportedModelError, match=list(feature)[-1]):
+        hf.layer_windows(config, 6)
+
+
+def test_a_gemma4_text_stack_without_them_prunes_like_the_kept_sequence():
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    torch.manual_seed(0)
+    kinds = ["sliding_attention", "sliding_attention", "full_attention"] * 2
+    config = Gemma4TextConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=256,
+        sliding_window=WINDOW,
+        layer_types=kinds,
+        hidden_size_per_layer_input=0,
+        num_kv_shared_layers=0,
+        pad_token_id=0,
+    )
+    model = Gemma4ForCausalLM(config).eval()
+    ids, frame_map = _prompt()
+    handle = sp.apply(model, method="fastv", retention=0.3, layer=3)
+    with handle, handle.visual_frames(frame_map), torch.no_grad():
+        logits = model(input_ids=ids).logits
+        tokens = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
+    assert handle.score_layer == 2 and tokens.shape == (1, WIDTH + 10)
+    torch.testing.assert_close(
+        logits,
+        reference_logits_layered(model, ids, _kept_index(handle.last), 3, shared_kv_states={}),
+        atol=1e-5,
+        rtol=1e-5,
+    )

@@ -421,6 +421,17 @@ def layer_windows(config: Any, num_layers: int, model: str = "this model") -> tu
             f"{model} attends bidirectionally (config.use_bidirectional_attention); sharp-prune scores and prunes "
             "causal decoders only."
         )
+    # Gemma 4's per-layer inputs (one more sequence-long tensor per layer) and layers that reuse another layer's
+    # keys and values: neither follows the keep plan yet.
+    for name, what in (
+        ("hidden_size_per_layer_input", "per-layer inputs"),
+        ("num_kv_shared_layers", "layers sharing another layer's keys and values"),
+    ):
+        if getattr(config, name, 0):
+            raise UnsupportedModelError(
+                f"{model} has {what} (config.{name}={getattr(config, name)}), which sharp-prune does not slice yet; "
+                "a text stack without them (Gemma 3, or this config with it set to 0) is supported."
+            )
     kinds = getattr(config, "layer_types", None) or ("full_attention",) * num_layers
     unknown = sorted(set(kinds) - set(LAYER_KINDS))
     if unknown:
