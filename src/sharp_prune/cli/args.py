@@ -101,3 +101,12 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frames", type=positive_int, default=32, help="frames sampled evenly over the video (default 32)"
     )
+
+
+def add_cpu_run_arguments(parser: argparse.ArgumentParser, out: str, writes: str) -> None:
+    """--dtype, --threads, --out and --no-plot, as the commands that run a real LM on the CPU (bench, probe) take
+    them; `out` is the default folder, `writes` what goes into it."""
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="model dtype (default bf16)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=output_dir, default=Path(out), help=f"folder for {writes}")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")

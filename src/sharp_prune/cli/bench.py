@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from ..hf_protocol import layer_windows
 from ..models.loading import DTYPES
 from ..pretrained import PRETRAINED, load_pretrained, pretrained_config
 from ..steps.sliding import score_layer
-from .args import comma_list, decoder_layer, fraction, output_dir, positive_int
+from .args import add_cpu_run_arguments, comma_list, decoder_layer, fraction, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +75,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="comma-separated, of colour,object,place,after (default colour,object,place; 'after' asks for order)",
     )
-    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="model dtype (default bf16)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument(
-        "--out", type=output_dir, default=Path("outputs/bench"), help="folder for bench.json and bench.png"
-    )
-    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_cpu_run_arguments(parser, "outputs/bench", "bench.json and bench.png")
     parser.set_defaults(func=bench_command)
     return parser
 

@@ -29,7 +29,7 @@ from ..bench.task import VARIANTS as TASKS
 from ..errors import ConfigError
 from ..models.loading import DTYPES
 from ..pretrained import PRETRAINED, pretrained_config
-from .args import output_dir, positive_int
+from .args import add_cpu_run_arguments, positive_int
 
 LEGEND = (
     "Cells: rank of the relevant frames x100 [95% bootstrap interval over items]: 0 = they score above every "
@@ -85,12 +85,7 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--layers", type=layers_type, default=None, help="K to probe: 1-15 or 2,4,6 (default 1..L/2 of the model)"
     )
-    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="model dtype (default bf16)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument(
-        "--out", type=output_dir, default=Path("outputs/probe"), help="folder for probe.json, probe.png"
-    )
-    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_cpu_run_arguments(parser, "outputs/probe", "probe.json, probe.png")
     parser.set_defaults(func=probe_command)
     return parser
 
