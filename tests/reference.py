@@ -65,10 +65,11 @@ def reference_logits(
     return model.lm_head(decoder.norm(hidden))
 
 
-def _causal(n: int, window: int | None) -> torch.Tensor:
-    """[1, 1, n, n] additive float mask (what eager and sdpa both read): causal, and inside the last `window`
-    positions when given."""
-    distance = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+def _causal(positions: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[1, 1, n, n] additive float mask (what eager and sdpa both read) over tokens at sorted `positions`: causal,
+    and inside the last `window` positions when given (counted in positions, not in tokens)."""
+    n = positions.numel()
+    distance = positions[:, None] - positions[None, :]
     allowed = distance >= 0
     if window is not None:
         allowed &= distance < window
@@ -84,8 +85,8 @@ def reference_logits_layered(
     last_only: bool = False,
     **layer_kwargs: object,
 ) -> torch.Tensor:
-    """The same for a model whose layers differ in kind (Gemma 3: `config.layer_types`, sliding windows): layers
-    >= `layer` run on the kept sequence as if it were the input, so a sliding window counts kept tokens.
+    """The same for a model whose layers differ in kind (Gemma 3: `config.layer_types`, sliding windows): in layers
+    >= `layer`, a kept token sees the kept tokens of the last `sliding_window` original positions.
     `last_only`: the last position's logits only; `layer_kwargs`: more arguments every decoder layer takes."""
     decoder = model.model
     config = decoder.config
@@ -102,7 +103,7 @@ def reference_logits_layered(
         cos, sin = rope[kind]
         hidden = block(
             hidden,
-            attention_mask=_causal(hidden.shape[1], window),
+            attention_mask=_causal(current, window),
             position_embeddings=(cos[:, current], sin[:, current]),
             **layer_kwargs,
         )

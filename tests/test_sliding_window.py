@@ -11,7 +11,7 @@ from test_methods import ALL, _name
 import sharp_prune as sp
 from sharp_prune import hf_protocol as hf
 from sharp_prune.errors import ConfigError, UnsupportedModelError
-from sharp_prune.steps.sliding import decode_window_mask, kept_window_mask, score_layer
+from sharp_prune.steps.sliding import decode_window_mask, score_layer
 from sharp_prune.testing import PAD_ID, tiny_sliding_lm
 
 WINDOW = 8
@@ -55,30 +55,27 @@ def test_layer_windows_reads_layer_types_and_refuses_other_kinds(model):
         hf.layer_windows(Hybrid(), 2)
 
 
-@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
-def test_kept_window_mask_is_a_band_over_kept_tokens_without_padding_keys(dtype):
-    n = 12
-    valid = torch.ones(2, n, dtype=torch.bool)
-    valid[1, :3] = False  # left padding
-    like = torch.zeros(2, 1, 30, 30, dtype=dtype)
-    mask = kept_window_mask(like, n, valid, window=4)
-    allowed = mask if dtype == torch.bool else mask == 0
-    for b in range(2):
-        for i in range(n):
-            for j in range(n):
-                expected = (0 <= i - j < 4 and bool(valid[b, j])) or i == j
-                assert bool(allowed[b, 0, i, j]) == expected
-
-
-def test_decode_window_mask_sees_what_the_sliding_cache_holds():
-    valid = torch.tensor([[False, True, True, True, True]])  # 5 kept tokens, the first one padding
+def test_decode_window_mask_counts_the_window_in_original_positions():
+    kept = torch.tensor([[0, 1, 2, 9, 10]])  # 5 kept of 11 prefill positions
+    valid = torch.tensor([[False, True, True, True, True]])  # the first is padding
     like = torch.zeros(1, 1, 1, 99, dtype=torch.bool)
-    # 5 kept + 1 decoded = 6 seen, window 4: the cache holds the last 3, then the new token
-    mask = decode_window_mask(like, valid, cached=6, new=1, window=4)
-    assert mask.shape == (1, 1, 1, 4) and mask.all()
-    # 3 seen (fewer than the window): the padding among them stays masked
-    mask = decode_window_mask(like, valid[:, :3], cached=3, new=2, window=4)
-    assert mask[0, 0].tolist() == [[False, True, True, True, False], [False, True, True, True, True]]
+    # window 4, 5 kept + 1 decoded (position 11) seen, the step decodes position 12: the cache holds the last 3
+    # (positions 9, 10, 11), then 12; all within 4 positions
+    mask = decode_window_mask(like, kept, valid, seq_len=11, cached=6, new=1, window=4)
+    assert mask[0, 0].tolist() == [[True, True, True, True]]
+    # window 8, the first step (position 11): the cache holds all 5 kept; 0, 1, 2 are more than 7 positions back,
+    # and 0 is padding anyway
+    mask = decode_window_mask(like, kept, valid, seq_len=11, cached=5, new=1, window=8)
+    assert mask[0, 0].tolist() == [[False, False, False, True, True, True]]
+    # two new tokens at once (positions 11, 12), window 11: causal among them, padding masked, and position 1 is
+    # inside 11's window but outside 12's
+    mask = decode_window_mask(like, kept, valid, seq_len=11, cached=5, new=2, window=11)
+    assert mask[0, 0].tolist() == [
+        [False, True, True, True, True, True, False],
+        [False, False, True, True, True, True, True],
+    ]
+    additive = decode_window_mask(torch.zeros(1, 1, 1, 9), kept, valid, seq_len=11, cached=5, new=1, window=8)
+    assert torch.equal(additive == 0, decode_window_mask(like, kept, valid, 11, 5, 1, 8))
 
 
 # ------------------------------------------------------------------------------------------------- the engine
@@ -129,16 +126,19 @@ def test_pruned_forward_equals_the_kept_sequence_run_directly(method, k, attn):
     torch.testing.assert_close(logits, reference_logits_layered(model, ids, keep, k), atol=1e-5, rtol=1e-5)
 
 
-def test_generate_continues_from_the_pruned_cache_as_the_reference_does(model):
-    ids, frame_map = _prompt()
-    steps, k = 12, 3  # more steps than the window: the sliding cache of layers >= K drops old tokens
+@pytest.mark.parametrize("length", [WIDTH, START + FRAMES * PER_FRAME + 3], ids=["long-suffix", "short-suffix"])
+def test_generate_continues_from_the_pruned_cache_as_the_reference_does(model, length):
+    # short-suffix: the window of the first decoded tokens reaches back into the pruned video, where kept tokens are
+    # several positions apart; more steps than the window: the sliding cache of layers >= K drops old tokens
+    ids, frame_map = _prompt(length=length)
+    steps, k = 12, 3
     handle = sp.apply(model, method="fastv", retention=0.3, layer=k)
     with handle, handle.visual_frames(frame_map), torch.no_grad():
         generated = model.generate(input_ids=ids, max_new_tokens=steps, do_sample=False)
     keep = _kept_index(handle.last)
     tokens = ids
     for _ in range(steps):
-        full_keep = torch.cat([keep, torch.arange(WIDTH, tokens.shape[1])])
+        full_keep = torch.cat([keep, torch.arange(length, tokens.shape[1])])
         logits = reference_logits_layered(model, tokens, full_keep, k)
         tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(generated, tokens)

@@ -118,7 +118,7 @@ class NoVideoPrefill(Forward):
 class Decode(Forward):
     """A decoding step after a pruned prefill: layers >= K cache only the kept tokens, so their masks are cut to
     the same columns (and, after a pre-LLM stage, every layer's: the decoder's inputs are adjusted). A sliding
-    layer >= K gets the window over its own cache instead (`decode_window_mask`)."""
+    layer >= K gets its window, in original positions, over what its own cache holds (`decode_window_mask`)."""
 
     def __init__(self, plan: KeepPlan, pre: KeepPlan | None, windows: tuple[int | None, ...] = ()) -> None:
         self.plan = plan
@@ -143,7 +143,10 @@ class Decode(Forward):
             cut = self._cut.get(id(mask))
             if cut is None:
                 cached, new = hf.cache_length(call.cache, index), call.hidden_states.shape[1]
-                cut = self._cut[id(mask)] = decode_window_mask(mask, self.plan.kept_valid, cached, new, window)
+                plan = self.plan
+                cut = self._cut[id(mask)] = decode_window_mask(
+                    mask, plan.index, plan.kept_valid, plan.seq_len, cached, new, window
+                )
             return call.replaced(attention_mask=cut)
         cut = self._cut.get(id(mask))
         if cut is None:

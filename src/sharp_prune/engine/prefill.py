@@ -34,7 +34,6 @@ from ..steps.locate import Located
 from ..steps.pre_stage import PreStage, temporal_merge
 from ..steps.record import prefill_record
 from ..steps.score import score_video
-from ..steps.sliding import kept_window_mask
 from .forward import Forward, Parts, Replacement, check_prefill_at_k
 
 
@@ -169,7 +168,7 @@ class Prefill(Forward):
     def at_layer(self, index: int, call: hf.LayerCall) -> Replacement:
         if index == self.parts.k:
             return self.prune(call)
-        return self.follow(index, call)
+        return self.follow(call)
 
     def prune(self, call: hf.LayerCall) -> Replacement:
         """Layer K's call: blank pass, calibrate, select, apply the keep plan, record."""
@@ -311,13 +310,10 @@ class Prefill(Forward):
             attention_mask=call.attention_mask,
             drop_position_ids=self.parts.drop_position_ids,
         )
-        mask = self._window_mask(self.parts.k, call.attention_mask)
-        if mask is None:
-            mask = sliced.attention_mask
         for original, value in (
             (call.position_embeddings, sliced.position_embeddings),
             (call.position_ids, sliced.position_ids),
-            (call.attention_mask, mask),
+            (call.attention_mask, sliced.attention_mask),
         ):
             if original is not None:
                 self._sliced[id(original)] = value
@@ -325,24 +321,13 @@ class Prefill(Forward):
             hidden_states=sliced.hidden_states,
             position_embeddings=sliced.position_embeddings,
             position_ids=sliced.position_ids,
-            attention_mask=mask,
+            attention_mask=sliced.attention_mask,
         )
 
-    def _layer_mask(self, layer: int, mask: Any, index: torch.Tensor) -> Any:
-        """A layer >= K's mask: its window over the kept tokens (sliding layers), else the mask cut to them."""
-        windowed = self._window_mask(layer, mask)
-        return windowed if windowed is not None else slice_mask(mask, index, index)
-
-    def _window_mask(self, layer: int, mask: Any) -> torch.Tensor | None:
-        """A sliding layer's mask over the kept tokens (the window counts kept tokens), or None for other layers."""
-        window = self.parts.windows[layer]
-        if window is None or not isinstance(mask, torch.Tensor) or mask.ndim != 4:
-            return None
-        return kept_window_mask(mask, self.plan.kept_len, self.plan.kept_valid, window)
-
     # ---------------------------------------------------------------------------- layers K+1..L-1
-    def follow(self, layer: int, call: hf.LayerCall) -> Replacement:
-        """Later layers get the same sliced arguments (or their own, sliced once: a mask per layer type)."""
+    def follow(self, call: hf.LayerCall) -> Replacement:
+        """Later layers get the same sliced arguments (or their own, sliced once: a mask per layer type; a sliding
+        layer's mask, cut to the kept tokens, keeps its window in original positions)."""
         if self.plan is None or self.plan.is_identity:
             return None
         call.check_prunable()
@@ -353,7 +338,7 @@ class Prefill(Forward):
         return call.replaced(
             position_embeddings=self._once(call.position_embeddings, lambda t: slice_position_embeddings(t, index)),
             position_ids=position_ids,
-            attention_mask=self._once(call.attention_mask, lambda m: self._layer_mask(layer, m, index)),
+            attention_mask=self._once(call.attention_mask, lambda m: slice_mask(m, index, index)),
         )
 
     def _once(self, value: Any, slicer: Any) -> Any:

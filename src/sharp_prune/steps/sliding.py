@@ -2,8 +2,13 @@
 
 A sliding layer attends only to the last W positions, so its scores are not the attention the model pays to a
 video token outside that window: scores are read at the last full-attention layer at or below K-1 (`score_layer`).
-Layers >= K run on the kept sequence as if it had been the input: the window counts kept tokens, which is what a
-model fed the kept sequence directly does, and what transformers' sliding cache keeps when decoding continues.
+
+Layers >= K keep each sliding window in *original* positions: a kept token sees the kept tokens of the W positions
+before it, as in the unpruned model. The kept tokens keep their original RoPE positions, and a sliding layer was
+never trained on relative distances beyond W; counting the window in kept tokens instead (as if the kept
+sequence were the input) let those layers see up to N tokens back, and on Gemma 3 270M it cost most of the
+accuracy (docs/benchmarks.md). In the prefill this is the model's own mask cut to the kept rows and columns; when
+decoding, `decode_window_mask` rebuilds it over what transformers' sliding cache holds.
 """
 
 from __future__ import annotations
@@ -31,57 +36,42 @@ def score_layer(windows: Sequence[int | None], k: int, model: str = "this model"
     )
 
 
-def _as_mask(allowed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`allowed` in the format of the mask the layer received: bool, or additive float (0 / dtype min)."""
-    if like.dtype == torch.bool:
-        return allowed
-    zero = torch.zeros((), dtype=like.dtype, device=like.device)
-    return torch.where(allowed, zero, torch.finfo(like.dtype).min)
-
-
-def kept_window_mask(like: torch.Tensor, n: int, kept_valid: torch.Tensor | None, window: int) -> torch.Tensor:
-    """[b, 1, n, n] mask of a sliding layer >= K over the n kept tokens of a prefill.
-
-    Query i sees key j <= i with i - j < `window` (counted in kept tokens) that is not padding; every row also
-    sees itself, so that a padding row has a finite output (a NaN there would reach others through 0 * NaN).
-
-    Args:
-        like: the 4-D mask the layer received (its dtype and device are kept).
-        n: the kept tokens.
-        kept_valid: [b, n] bool, False for padding among the kept tokens; None without padding.
-        window: the layer's sliding window.
-    """
-    index = torch.arange(n, device=like.device)
-    distance = index[:, None] - index[None, :]
-    allowed = ((distance >= 0) & (distance < window))[None, None]
-    if kept_valid is not None:
-        allowed = allowed & kept_valid[:, None, None, :].to(like.device)
-    allowed = allowed | torch.eye(n, dtype=torch.bool, device=like.device)
-    return _as_mask(allowed, like)
-
-
 def decode_window_mask(
-    like: torch.Tensor, kept_valid: torch.Tensor | None, cached: int, new: int, window: int
+    like: torch.Tensor,
+    kept_positions: torch.Tensor,
+    kept_valid: torch.Tensor | None,
+    seq_len: int,
+    cached: int,
+    new: int,
+    window: int,
 ) -> torch.Tensor:
     """[b, 1, new, kv] mask of a sliding layer >= K for a step that continues a pruned prefill.
 
-    The layer's cache has seen `cached` tokens (the kept ones, then those decoded since) and holds the last
-    `window - 1` of them; the keys are those plus the `new` ones. Decoded tokens are never padding.
+    The layer's cache has seen `cached` tokens (the n kept ones of the prefill, then those decoded since) and
+    holds the last `window - 1` of them; the keys are those plus the `new` ones. A query sees a key at most
+    `window - 1` original positions back, as in the unpruned model. Decoded tokens are never padding.
 
     Args:
         like: the mask transformers built for the step (dtype and device are kept; its shape is not: it counts the
             unpruned sequence).
-        kept_valid: [b, n] bool, False for padding among the n kept tokens of the prefill; None without padding.
+        kept_positions: [b, n] original positions of the kept tokens (the keep plan's index).
+        kept_valid: [b, n] bool, False for padding among them; None without padding.
+        seq_len: the prefill's length before pruning (decoded tokens follow it).
         cached: tokens the layer's cache has seen before this step; new: tokens of this step.
     """
+    n = kept_positions.shape[1]
+    device = like.device
     held = min(cached, window - 1)
-    columns = torch.arange(cached - held, cached + new, device=like.device)  # compacted positions of the keys
-    rows = torch.arange(cached, cached + new, device=like.device)
-    distance = rows[:, None] - columns[None, :]
-    allowed = ((distance >= 0) & (distance < window))[None, None]
+    columns = torch.arange(cached - held, cached + new, device=device)  # indices into kept + decoded
+    kept = kept_positions.to(device)[:, columns.clamp(max=n - 1)]
+    key_position = torch.where(columns < n, kept, seq_len + columns - n)  # [b, kv] original positions
+    query_position = seq_len + torch.arange(cached, cached + new, device=device) - n  # [new]
+    distance = query_position[None, :, None] - key_position[:, None, :]  # [b, new, kv]
+    allowed = ((distance >= 0) & (distance < window))[:, None]
     if kept_valid is not None:
-        n = kept_valid.shape[1]
-        from_prefill = kept_valid.to(like.device)[:, columns.clamp(max=n - 1)]
-        valid = torch.where(columns < n, from_prefill, True)
+        valid = torch.where(columns < n, kept_valid.to(device)[:, columns.clamp(max=n - 1)], True)
         allowed = allowed & valid[:, None, None, :]
-    return _as_mask(allowed, like)
+    if like.dtype == torch.bool:
+        return allowed
+    zero = torch.zeros((), dtype=like.dtype, device=device)
+    return torch.where(allowed, zero, torch.finfo(like.dtype).min)
