@@ -41,7 +41,7 @@ from ..models import resolve_adapter
 from ..steps.locate import Located, VisualLayout, locate
 from ..steps.score import score_video
 from .intervals import bootstrap_interval
-from .task import Item, _prompt_frame
+from .task import Item, prompt_frame
 
 VARIANTS = ("last", "text", "last+posc", "text+posc", "last-norope")
 RANDOM = 0.5
@@ -151,7 +151,7 @@ def _check_prompt(line: str, number: int, path: Path) -> Prompt:
 def item_from_prompt(tokenizer: Any, prompt: Prompt) -> ProbeItem:
     """Tokenise a prompt as the bench task does: the task's prompt frame (no assistant prefix), each frame's text
     after a newline as that frame's tokens."""
-    head_ids, tail = _prompt_frame(tokenizer, prompt.question, "")
+    head_ids, tail = prompt_frame(tokenizer, prompt.question, "")
     ids, frame_map = list(head_ids), [-1] * len(head_ids)
     for frame, text in enumerate(prompt.frames):
         tokens = tokenizer("\n" + text, add_special_tokens=False)["input_ids"]

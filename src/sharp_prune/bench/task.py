@@ -240,7 +240,7 @@ def check_task(config: TaskConfig) -> None:
         )
 
 
-def _prompt_frame(tokenizer, question: str, prefix: str) -> tuple[list[int], str]:
+def prompt_frame(tokenizer, question: str, prefix: str) -> tuple[list[int], str]:
     """The token ids before the frames and the text after them. A ChatML model (SmolLM2-Instruct) gets a user turn
     and an assistant turn that starts with `prefix`; any other (a base model) gets plain text after its BOS token:
     "Captions of the frames of a video:", the frames, "Question: ...", "Answer: {prefix}"."""
@@ -270,7 +270,7 @@ def make_item(tokenizer, seed: int, config: TaskConfig = TaskConfig()) -> Item:
     previous = scenes[needle - 1] if needle else None
     question, prefix, candidates, answer = _question(rng, kind, scenes[needle], scenes, config.choices, previous)
 
-    head_ids, tail = _prompt_frame(tokenizer, question, prefix)
+    head_ids, tail = prompt_frame(tokenizer, question, prefix)
     background = tokenizer("".join(rng.sample(BACKGROUND, 3)), add_special_tokens=False)["input_ids"]
 
     ids = list(head_ids)

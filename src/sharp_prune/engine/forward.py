@@ -139,16 +139,14 @@ class Decode(Forward):
         if not isinstance(mask, torch.Tensor):
             return None
         window = self.windows[index] if index < len(self.windows) else None
-        if window is not None:
-            cut = self._cut.get(id(mask))
-            if cut is None:
-                cached, new = hf.cache_length(call.cache, index), call.hidden_states.shape[1]
-                plan = self.plan
-                cut = self._cut[id(mask)] = decode_window_mask(
-                    mask, plan.index, plan.kept_valid, plan.seq_len, cached, new, window
-                )
-            return call.replaced(attention_mask=cut)
         cut = self._cut.get(id(mask))
+        if cut is None and window is not None:
+            cached, new, plan = hf.cache_length(call.cache, index), call.hidden_states.shape[1], self.plan
+            cut = self._cut[id(mask)] = decode_window_mask(
+                mask, plan.index, plan.kept_valid, plan.seq_len, cached, new, window
+            )
+        if window is not None:
+            return call.replaced(attention_mask=cut)
         if cut is None:
             cut = self._cut[id(mask)] = slice_mask(mask, None, decode_columns(self.plan, mask.shape[-1]))
         new = call.hidden_states.shape[1]

@@ -257,7 +257,7 @@ class Prefill(Forward):
             for layer in parts.layers[: parts.score_layer + 1]:  # the layers above it cannot change its scores
                 hidden = layer(hidden, **kwargs)
         if blank.scores is None:
-            raise hf.protocol_error("the blank pass produced no attention scores at layer K-1")
+            raise hf.protocol_error(f"the blank pass produced no attention scores at layer {parts.score_layer}")
         if key is not None:
             parts.prior_cache[key] = blank.scores
         return blank.scores
