@@ -7,12 +7,23 @@ capturing the decoder's inputs in an unpruned call) but none of sharp-prune's co
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
 
 def decoder_inputs(model: nn.Module, decoder: nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """inputs_embeds and RoPE position ids the decoder receives in an unpruned forward of `inputs`."""
+    embeds, positions, _ = decoder_inputs_and_deepstack(model, decoder, inputs)
+    return embeds, positions
+
+
+def decoder_inputs_and_deepstack(
+    model: nn.Module, decoder: nn.Module, inputs: dict
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """`decoder_inputs`, plus DeepStack's additions (Qwen3-VL): per level j, the [b, L, D] tensor the decoder adds
+    to the hidden states after layer j (zeros outside the visual positions); [] for other models."""
     captured: dict = {}
 
     def grab(module, args, kwargs):
@@ -34,7 +45,13 @@ def decoder_inputs(model: nn.Module, decoder: nn.Module, inputs: dict) -> tuple[
         positions = torch.arange(embeds.shape[1])[None]
     if positions.ndim == 3 and positions.shape[0] == 4:  # Qwen-VL: text row + 3-D rows
         positions = positions[1:]
-    return embeds, positions
+    additions = []
+    mask = captured.get("visual_pos_masks")
+    for features in captured.get("deepstack_visual_embeds") or []:
+        added = torch.zeros_like(embeds)
+        added[mask] = features.to(embeds.dtype)
+        additions.append(added)
+    return embeds, positions, additions
 
 
 @torch.no_grad()
@@ -51,17 +68,21 @@ def reference_logits(
     `keep_index` holds the original positions that continue past `layer`; `pre_index`, when given, the
     original positions that enter layer 0 (a pre-LLM stage). Both keep original RoPE positions.
     """
-    embeds, positions = decoder_inputs(model, decoder, inputs)
+    embeds, positions, deepstack = decoder_inputs_and_deepstack(model, decoder, inputs)
     cos, sin = decoder.rotary_emb(embeds, positions)
     entering = pre_index.view(-1) if pre_index is not None else torch.arange(embeds.shape[1])
     hidden = embeds[:, entering]
-    for block in decoder.layers[:layer]:
+    for j, block in enumerate(decoder.layers[:layer]):
         hidden = block(hidden, attention_mask=None, position_embeddings=(cos[:, entering], sin[:, entering]))
+        if j < len(deepstack):
+            hidden = hidden + deepstack[j][:, entering]
     keep = keep_index.view(-1)
     hidden = hidden[:, torch.searchsorted(entering, keep)]
     kept_embeddings = (cos[:, keep], sin[:, keep])
-    for block in decoder.layers[layer:]:
+    for j, block in enumerate(decoder.layers[layer:], start=layer):
         hidden = block(hidden, attention_mask=None, position_embeddings=kept_embeddings)
+        if j < len(deepstack):
+            hidden = hidden + deepstack[j][:, keep]
     return model.lm_head(decoder.norm(hidden))
 
 
@@ -86,13 +107,19 @@ def reference_logits_layered(
     **layer_kwargs: object,
 ) -> torch.Tensor:
     """The same for a model whose layers differ in kind (Gemma 3: `config.layer_types`, sliding windows): in layers
-    >= `layer`, a kept token sees the kept tokens of the last `sliding_window` original positions.
+    >= `layer`, a kept token sees the kept tokens of the last `sliding_window` original positions. A linear-attention
+    layer (Qwen3.5) gets no mask (the sample is unpadded) and runs on whatever sequence reaches it: the kept one
+    from `layer` on, its recurrent state built from the kept tokens only.
     `last_only`: the last position's logits only; `layer_kwargs`: more arguments every decoder layer takes."""
     decoder = model.model
     config = decoder.config
     embeds = decoder.embed_tokens(input_ids)
     positions = torch.arange(embeds.shape[1])[None]
-    rope = {kind: decoder.rotary_emb(embeds, positions, kind) for kind in set(config.layer_types)}
+    per_kind = len(inspect.signature(decoder.rotary_emb.forward).parameters) > 2  # Gemma: RoPE per layer type
+    rope = {
+        kind: decoder.rotary_emb(embeds, positions, kind) if per_kind else decoder.rotary_emb(embeds, positions)
+        for kind in set(config.layer_types)
+    }
     hidden, current = embeds, torch.arange(embeds.shape[1])
     for index, block in enumerate(decoder.layers):
         if index == layer:
@@ -103,7 +130,7 @@ def reference_logits_layered(
         cos, sin = rope[kind]
         hidden = block(
             hidden,
-            attention_mask=_causal(current, window),
+            attention_mask=None if kind == "linear_attention" else _causal(current, window),
             position_embeddings=(cos[:, current], sin[:, current]),
             **layer_kwargs,
         )

@@ -48,11 +48,11 @@ def test_score_layer_is_the_last_full_attention_layer_below_k():
 def test_layer_windows_reads_layer_types_and_refuses_other_kinds(model):
     assert hf.layer_windows(model.config, 6) == (WINDOW, WINDOW, None, WINDOW, WINDOW, None)
 
-    class Hybrid:
-        layer_types = ["linear_attention", "full_attention"]
+    class Chunked:  # linear-attention layers are supported since (tests/test_hybrid_linear.py)
+        layer_types = ["chunked_attention", "full_attention"]
 
-    with pytest.raises(UnsupportedModelError, match="linear_attention"):
-        hf.layer_windows(Hybrid(), 2)
+    with pytest.raises(UnsupportedModelError, match="chunked_attention"):
+        hf.layer_windows(Chunked(), 2)
 
 
 def test_decode_window_mask_counts_the_window_in_original_positions():
@@ -242,3 +242,31 @@ def test_a_gemma4_text_stack_without_them_prunes_like_the_kept_sequence():
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_the_blank_pass_runs_each_layer_under_its_own_kinds_mask(model, k):
+    """PosC's blank pass reruns layers 0..score layer: each must get the mask it had in the real pass (a sliding
+    layer its window, the full-attention scoring layer the whole causal mask), not layer K's for all of them."""
+    ids, frame_map = _prompt()
+    seen: dict[int, list] = {i: [] for i in range(len(model.model.layers))}
+    hooks = [
+        layer.register_forward_pre_hook(
+            lambda m, a, kw, i=i: seen[i].append(kw.get("attention_mask")), with_kwargs=True
+        )
+        for i, layer in enumerate(model.model.layers)
+    ]
+    config = sp.PruneConfig(method="sharp", retention=0.3, layer=k, segm=False, regd=False)
+    handle = sp.apply(model, config)
+    try:
+        with handle.visual_frames(frame_map), torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        handle.remove()
+        for hook in hooks:
+            hook.remove()
+    assert handle.score_layer == 2
+    for layer in range(3):  # real pass, then the blank pass, for layers 0..2
+        real, blank = seen[layer]
+        assert blank is real, layer
+    assert seen[0][0] is not seen[2][0]  # the sliding layer's window and the full layer's causal mask differ

@@ -17,6 +17,11 @@ Protocol history, by release (each entry: what changed, and what this module doe
   the raw pixel inputs (`pixel_values_videos`, `video_grid_thw`) from the prefill's arguments.
 - 5.24: the cache argument `past_key_values` became `cache` in model, layer and attention forwards and in
   model outputs (`output.cache`); `past_key_values` stays a deprecated alias of the model forward until 5.40.
+- hybrid linear-attention stacks (Qwen3.5), as read on 5.24: a `DynamicCache(config=...)` holds
+  `LinearAttentionLayer`s (`Cache.is_linear`) whose `get_seq_length(i)` raises (`has_previous_state(i)` tells a
+  started state); `cache.get_seq_length()` and the causal mask's length read the first full-attention layer; the
+  linear layers take a 2-D padding mask (`create_recurrent_attention_mask`: None when unpadded or decoding one
+  token, else the trailing [b, L] of the decoder's mask).
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ LAYER_CACHE_NAMES: tuple[str, ...] = ("cache", "past_key_values")
 _LAYER_SEQUENCE_ARGS = ("hidden_states", "attention_mask", "position_ids", "position_embeddings")
 # Decoder arguments the pre-LLM stage rewrites (it shortens the sequence before layer 0).
 _DECODER_SEQUENCE_ARGS = ("input_ids", "inputs_embeds", "attention_mask", "position_ids")
+
+# The text decoder's DeepStack arguments (Qwen3-VL): visual positions, and the features added there after layer j.
+DEEPSTACK_MASK = "visual_pos_masks"
+DEEPSTACK_FEATURES = "deepstack_visual_embeds"
 
 _KEEP = object()  # "leave this argument as it was"
 
@@ -130,9 +139,36 @@ def is_prefill(cache: Cache | None) -> bool:
     return cache is None or cache.get_seq_length() == 0
 
 
+def is_linear_cache_layer(cache: Cache | None, layer_idx: int) -> bool:
+    """Whether `cache` keeps a recurrent (linear-attention) state for layer `layer_idx`, not keys and values.
+
+    `Cache.is_linear` (5.x hybrid caches: `LinearAttentionLayer`s hold conv and recurrent states, no length).
+    """
+    kinds = getattr(cache, "is_linear", None) if cache is not None else None
+    return bool(kinds) and layer_idx < len(kinds) and bool(kinds[layer_idx])
+
+
 def cache_length(cache: Cache | None, layer_idx: int) -> int:
-    """Tokens `cache` holds for layer `layer_idx` (0 without a cache)."""
-    return 0 if cache is None else int(cache.get_seq_length(layer_idx))
+    """Tokens `cache` holds for layer `layer_idx` (0 without a cache).
+
+    A linear-attention layer keeps a fixed-size state, not tokens: asking for its length is the caller's bug
+    (transformers raises ValueError), so it is refused here with a clearer message.
+    """
+    if cache is None:
+        return 0
+    if is_linear_cache_layer(cache, layer_idx):
+        raise protocol_error(f"asked for the cached length of layer {layer_idx}, a linear-attention layer (no length)")
+    return int(cache.get_seq_length(layer_idx))
+
+
+def cache_started(cache: Cache | None, layer_idx: int) -> bool:
+    """Whether `cache` already holds something for layer `layer_idx`: tokens (attention layers) or a recurrent
+    state (linear-attention layers: `Cache.has_previous_state(layer_idx)`)."""
+    if cache is None:
+        return False
+    if is_linear_cache_layer(cache, layer_idx):
+        return bool(cache.has_previous_state(layer_idx))
+    return cache_length(cache, layer_idx) > 0
 
 
 def check_dynamic_cache(cache: Cache | None) -> None:
@@ -154,14 +190,20 @@ def output_cache(output: Any) -> Cache | None:
 
 
 def cache_bytes(cache: Cache | None) -> int | None:
-    """Bytes of keys and values a DynamicCache holds over all layers (`cache.layers[i].keys/values`, 5.0+)."""
+    """Bytes of keys and values a DynamicCache holds over all layers (`cache.layers[i].keys/values`, 5.0+), and of
+    the conv and recurrent states of its linear-attention layers (`conv_states` / `recurrent_states`)."""
     layers = getattr(cache, "layers", None)
     if layers is None:
         return None
     total = 0
     for layer in layers:
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
+        tensors = [getattr(layer, name, None) for name in ("keys", "values")]
+        # linear-attention layers (`LinearAttentionLayer`): conv and recurrent states, by state index
+        for name in ("conv_states", "recurrent_states"):
+            states = getattr(layer, name, None)
+            if isinstance(states, dict):
+                tensors.extend(states.values())
+        for tensor in tensors:
             if isinstance(tensor, torch.Tensor):
                 total += tensor.numel() * tensor.element_size()
     return total
@@ -251,6 +293,15 @@ class DecoderCall:
     args: tuple[Any, ...] = field(repr=False)
     kwargs: dict[str, Any] = field(repr=False)
 
+    @property
+    def deepstack(self) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+        """DeepStack (Qwen3-VL): ([b, L] visual positions, per-layer [n_visual, D] features the decoder adds to the
+        hidden states at those positions after layers 0, 1, ...), or None."""
+        mask, features = self.kwargs.get(DEEPSTACK_MASK), self.kwargs.get(DEEPSTACK_FEATURES)
+        if mask is None or not features:
+            return None
+        return mask, list(features)
+
     def check_resizable(self) -> None:
         """The pre-LLM stage shortens the sequence: refuse sequence-long arguments it would not shorten."""
         _refuse_unknown_tensors(self.kwargs, _DECODER_SEQUENCE_ARGS, "text decoder")
@@ -260,9 +311,13 @@ class DecoderCall:
         inputs_embeds: Any = _KEEP,
         attention_mask: Any = _KEEP,
         position_ids: Any = _KEEP,
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """(args, kwargs) for a pre-hook to return; giving `inputs_embeds` drops `input_ids`."""
+        deepstack_features: Any = _KEEP,
+    ) -> DecoderCall:
+        """The same call with the given arguments replaced (`.args`, `.kwargs` are what a pre-hook returns); giving
+        `inputs_embeds` drops `input_ids`."""
         args, kwargs = self.args, dict(self.kwargs)
+        if deepstack_features is not _KEEP:
+            kwargs[DEEPSTACK_FEATURES] = deepstack_features
         if inputs_embeds is not _KEEP:
             args = args[1:] if args else args  # input_ids is the first positional argument
             kwargs["input_ids"] = None
@@ -271,7 +326,12 @@ class DecoderCall:
             kwargs["attention_mask"] = attention_mask
         if position_ids is not _KEEP:
             kwargs["position_ids"] = position_ids
-        return args, kwargs
+        return read_decoder_call(args, kwargs)
+
+    @property
+    def hook_result(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """What a forward pre-hook returns to run the decoder with this call's arguments."""
+        return self.args, self.kwargs
 
 
 def read_decoder_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> DecoderCall:
@@ -348,10 +408,13 @@ class LayerCall:
                 kwargs[name] = value
         return args, kwargs
 
-    def rerun_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments to run layers again on other hidden states, without touching the cache."""
+    def rerun_kwargs(self, attention_mask: Any = _KEEP) -> dict[str, Any]:
+        """Keyword arguments to run layers again on other hidden states, without touching the cache (and with
+        another layer kind's `attention_mask`, when given)."""
         kwargs = {k: v for k, v in self.kwargs.items() if k not in LAYER_CACHE_NAMES and k != "hidden_states"}
         kwargs["use_cache"] = False
+        if attention_mask is not _KEEP:
+            kwargs["attention_mask"] = attention_mask
         return kwargs
 
 
@@ -394,10 +457,13 @@ def outputs_not_captured() -> Iterator[None]:
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flash_attention_4")
 
 
-def attention_modules(layers: nn.ModuleList) -> list[nn.Module]:
-    """The self-attention module of each decoder layer."""
+def attention_modules(layers: nn.ModuleList, kinds: tuple[str, ...] = ()) -> list[nn.Module]:
+    """The self-attention module of each decoder layer that has one (`kinds` from `layer_kinds`: a linear-attention
+    layer mixes tokens with `linear_attn` instead, and calls no attention function)."""
     modules = []
     for idx, layer in enumerate(layers):
+        if idx < len(kinds) and kinds[idx] == LINEAR_ATTENTION:
+            continue
         module = getattr(layer, "self_attn", None)
         if module is None:
             raise protocol_error(f"decoder layer {idx} ({type(layer).__name__}) has no `self_attn` module")
@@ -405,16 +471,20 @@ def attention_modules(layers: nn.ModuleList) -> list[nn.Module]:
     return modules
 
 
-# The kinds of decoder layer the engine runs (`config.layer_types`): full causal attention, and causal attention
-# inside a sliding window of `config.sliding_window` tokens.
-LAYER_KINDS = ("full_attention", "sliding_attention")
+# The kinds of decoder layer the engine runs (`config.layer_types`): full causal attention, causal attention inside a
+# sliding window of `config.sliding_window` tokens, and linear attention (Gated DeltaNet: Qwen3.5, Qwen3-Next), whose
+# layers keep a recurrent and a conv state instead of keys and values and take a 2-D padding mask.
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
+LINEAR_ATTENTION = "linear_attention"
+LAYER_KINDS = (FULL_ATTENTION, SLIDING_ATTENTION, LINEAR_ATTENTION)
 
 
-def layer_windows(config: Any, num_layers: int, model: str = "this model") -> tuple[int | None, ...]:
-    """The sliding window of each decoder layer (None: full attention), from `config.layer_types`.
+def layer_kinds(config: Any, num_layers: int, model: str = "this model") -> tuple[str, ...]:
+    """The kind of each decoder layer (`config.layer_types`; a config without it has full attention everywhere).
 
-    A config without `layer_types` has full attention everywhere. A layer kind other than `LAYER_KINDS` (linear
-    attention, chunked attention, ...) raises `UnsupportedModelError`: its scores or its cache are not attention's.
+    Refuses what the engine cannot prune: bidirectional attention, Gemma 4's per-layer inputs and shared keys and
+    values, and a layer kind other than `LAYER_KINDS` (chunked attention, ...), with `UnsupportedModelError`.
     """
     if getattr(config, "use_bidirectional_attention", False):
         raise UnsupportedModelError(
@@ -432,17 +502,24 @@ def layer_windows(config: Any, num_layers: int, model: str = "this model") -> tu
                 f"{model} has {what} (config.{name}={getattr(config, name)}), which sharp-prune does not slice yet; "
                 "a text stack without them (Gemma 3, or this config with it set to 0) is supported."
             )
-    kinds = getattr(config, "layer_types", None) or ("full_attention",) * num_layers
+    kinds = tuple(getattr(config, "layer_types", None) or (FULL_ATTENTION,) * num_layers)
     unknown = sorted(set(kinds) - set(LAYER_KINDS))
     if unknown:
         raise UnsupportedModelError(
             f"{model} has decoder layers of kind {unknown} (config.layer_types); sharp-prune runs layers of kind "
             f"{list(LAYER_KINDS)} only."
         )
+    return kinds[:num_layers]
+
+
+def layer_windows(config: Any, num_layers: int, model: str = "this model") -> tuple[int | None, ...]:
+    """The sliding window of each decoder layer (None: no window: full attention, or linear attention, which
+    `layer_kinds` tells apart), from `config.layer_types`; refuses what `layer_kinds` refuses."""
+    kinds = layer_kinds(config, num_layers, model)
     window = getattr(config, "sliding_window", None)
-    if "sliding_attention" in kinds and not window:
+    if SLIDING_ATTENTION in kinds and not window:
         raise protocol_error("config.layer_types names sliding_attention layers but config.sliding_window is unset")
-    return tuple(int(window) if kind == "sliding_attention" else None for kind in kinds[:num_layers])
+    return tuple(int(window) if kind == SLIDING_ATTENTION else None for kind in kinds)
 
 
 def layer_index(attention_module: nn.Module) -> int | None:
@@ -485,6 +562,13 @@ def eager_attention_of(attention_module: nn.Module) -> Callable[..., Any]:
             "load the model with attn_implementation='sdpa'."
         )
     return fn
+
+
+def rope_function_of(attention_module: nn.Module) -> Callable[..., Any] | None:
+    """The model file's own `apply_rotary_pos_emb(q, k, cos, sin)`, which its attention calls (every 5.x text model
+    defines one): it knows the model's rotation (rotate-half or interleaved pairs, GLM-4V) and partial rotary
+    dimensions. None when the file has none."""
+    return getattr(sys.modules.get(type(attention_module).__module__), "apply_rotary_pos_emb", None)
 
 
 def attention_function(name: str, attention_module: nn.Module) -> Callable[..., Any]:

@@ -243,7 +243,7 @@ class _Recorder:
         if self.norope is not None:
             if index not in self.rope:
                 raise hf.protocol_error(f"decoder layer {index} received no position embeddings to remove RoPE with")
-            scores = score_video(query, key, self.norope, scaling, self.rope[index])
+            scores = score_video(query, key, self.norope, scaling, self.rope[index], hf.rope_function_of(module))
             self.scores.setdefault("norope", {})[index] = scores[0].cpu()
         return None
 

@@ -18,10 +18,10 @@ from ..bench.runner import DEFAULT_METHODS, BenchOptions, run_bench, smallest_la
 from ..bench.task import ALL_QUESTION_TYPES, VARIANTS, check_task, describe
 from ..config import ablations, check_layer, config_for
 from ..errors import ConfigError
-from ..hf_protocol import layer_windows
+from ..hf_protocol import layer_kinds, layer_windows
 from ..models.loading import DTYPES
 from ..pretrained import PRETRAINED, load_pretrained, pretrained_config
-from ..steps.sliding import score_layer
+from ..steps.sliding import check_linear_layer_k, score_layer
 from .args import add_cpu_run_arguments, comma_list, decoder_layer, fraction, positive_int
 
 logger = logging.getLogger(__name__)
@@ -148,10 +148,12 @@ def check_model_layers(model: str, layers: Sequence[int], methods: Sequence[str]
     title = PRETRAINED[model].title
     num_layers = config.num_hidden_layers
     windows = layer_windows(config, num_layers, title)
+    kinds = layer_kinds(config, num_layers, title)
     for layer in layers:
         check_layer(layer, num_layers, title)
+        check_linear_layer_k(kinds, layer, title)
         if any(config_for(method, layer=layer).query != "none" for method in methods):
-            score_layer(windows, layer, title)
+            score_layer(windows, layer, title, kinds)
 
 
 def bench_command(args: argparse.Namespace) -> int:

@@ -42,7 +42,8 @@ class Parts:
         prior_cache: PosC priors by token layout (`posc_prior="cached"`); blank_frames: blank frames by grid.
         windows: each decoder layer's sliding window, None for full attention (`hf.layer_windows`).
         score_layer: the layer whose attention scores the video tokens: K-1, or the last full-attention layer
-            below K on a model with sliding-window layers (`steps.sliding.score_layer`).
+            below K on a model with sliding-window or linear-attention layers (`steps.sliding.score_layer`).
+        kinds: each decoder layer's kind (`hf.layer_kinds`): full, sliding or linear attention.
     """
 
     config: PruneConfig
@@ -57,6 +58,7 @@ class Parts:
     blank_frames: dict[tuple, torch.Tensor] = field(default_factory=dict)
     windows: tuple[int | None, ...] = ()
     score_layer: int = 0
+    kinds: tuple[str, ...] = ()
 
     @property
     def k(self) -> int:
@@ -93,12 +95,12 @@ class Forward:
 
 
 def check_prefill_at_k(parts: Parts, call: hf.LayerCall) -> None:
-    """What layer K receives must agree with the model pre-hook's verdict "this forward is a prefill"."""
-    held = hf.cache_length(call.cache, parts.k)
-    if held > 0:
+    """What layer K receives must agree with the model pre-hook's verdict "this forward is a prefill" (layer K's
+    cache holds no tokens, or, for a linear-attention layer, no recurrent state yet)."""
+    if hf.cache_started(call.cache, parts.k):
         raise hf.protocol_error(
             f"the model was called without a filled cache (judged a prefill), yet decoder layer {parts.k} received "
-            f"a cache already holding {held} tokens (a decoding step that looked like a prefill)"
+            "a cache already holding its tokens or state (a decoding step that looked like a prefill)"
         )
 
 
@@ -118,12 +120,21 @@ class NoVideoPrefill(Forward):
 class Decode(Forward):
     """A decoding step after a pruned prefill: layers >= K cache only the kept tokens, so their masks are cut to
     the same columns (and, after a pre-LLM stage, every layer's: the decoder's inputs are adjusted). A sliding
-    layer >= K gets its window, in original positions, over what its own cache holds (`decode_window_mask`)."""
+    layer >= K gets its window, in original positions, over what its own cache holds (`decode_window_mask`). A
+    linear-attention layer is left alone: its mask is the step's own 2-D padding mask (or None), already local, and
+    its state holds no columns to cut."""
 
-    def __init__(self, plan: KeepPlan, pre: KeepPlan | None, windows: tuple[int | None, ...] = ()) -> None:
+    def __init__(
+        self,
+        plan: KeepPlan,
+        pre: KeepPlan | None,
+        windows: tuple[int | None, ...] = (),
+        kinds: tuple[str, ...] = (),
+    ) -> None:
         self.plan = plan
         self.pre = pre
         self.windows = windows
+        self.kinds = kinds
         self._cut: dict[int, Any] = {}
 
     def enter_decoder(self, decoder: nn.Module, call: hf.DecoderCall) -> Replacement:
@@ -132,11 +143,13 @@ class Decode(Forward):
         reference = call.inputs_embeds if call.inputs_embeds is not None else call.input_ids
         cached = call.cache.get_seq_length() if call.cache is not None else self.pre.kept_len
         mask, positions = decode_inputs(self.pre, call.attention_mask, call.position_ids, cached, reference.shape[1])
-        return call.replaced(attention_mask=mask, position_ids=positions)
+        return call.replaced(attention_mask=mask, position_ids=positions).hook_result
 
     def at_layer(self, index: int, call: hf.LayerCall) -> Replacement:
         mask = call.attention_mask
         if not isinstance(mask, torch.Tensor):
+            return None
+        if index < len(self.kinds) and self.kinds[index] == hf.LINEAR_ATTENTION:
             return None
         window = self.windows[index] if index < len(self.windows) else None
         cut = self._cut.get(id(mask))

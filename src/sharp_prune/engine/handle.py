@@ -27,7 +27,7 @@ from ..record import PruneRecord
 from ..steps.keep_plan import KeepPlan
 from ..steps.locate import checked_frame_map, locate
 from ..steps.record import empty_record
-from ..steps.sliding import score_layer
+from ..steps.sliding import check_linear_layer_k, score_layer
 from . import attention as attn
 from .forward import Decode, Forward, NoVideoPrefill, Parts
 from .prefill import Prefill
@@ -54,8 +54,11 @@ class PruneHandle:
         self._model_ref = weakref.ref(model)
         self._decoder = adapter.decoder(model)
         layers = adapter.layers(model)
-        self._attention_modules = hf.attention_modules(layers)
-        windows = hf.layer_windows(self._decoder.config, len(layers), type(model).__name__)
+        name = type(model).__name__
+        kinds = hf.layer_kinds(self._decoder.config, len(layers), name)
+        windows = hf.layer_windows(self._decoder.config, len(layers), name)
+        check_linear_layer_k(kinds, config.layer, name)
+        self._attention_modules = hf.attention_modules(layers, kinds)
         self._parts = Parts(
             config=config,
             selector=config.selector(),
@@ -63,7 +66,8 @@ class PruneHandle:
             model=self._model_ref,
             layers=layers,
             windows=windows,
-            score_layer=score_layer(windows, config.layer, type(model).__name__) if config.query != "none" else 0,
+            score_layer=score_layer(windows, config.layer, name, kinds) if config.query != "none" else 0,
+            kinds=kinds,
         )
         self._use_base_implementation(hf.attention_implementation(self._decoder.config))
         self._forward_params = hf.forward_parameters(model)
@@ -92,6 +96,13 @@ class PruneHandle:
             raise ConfigError(
                 f"sharp-prune does not prune a model with sliding-window layers under {impl} yet (its kernels count "
                 "the window in the cache, which pruning shortens); load the model with attn_implementation='sdpa'."
+            )
+        if "flash" in impl and hf.LINEAR_ATTENTION in self._parts.kinds:
+            # As for sliding layers: not yet run under flash kernels (layers >= K get no position ids under flash,
+            # and the linear layers' packed-sequence path, cu_seq_lens, was never exercised with a pruned sequence).
+            raise ConfigError(
+                f"sharp-prune does not prune a model with linear-attention layers under {impl} yet; load the model "
+                "with attn_implementation='sdpa'."
             )
         self._parts.base_impl = impl
         self._parts.base_attention = attn.base_attention_for(impl, self._attention_modules[0])
@@ -152,8 +163,8 @@ class PruneHandle:
 
     @property
     def score_layer(self) -> int | None:
-        """The decoder layer whose attention scores the video tokens: K-1, or on a model with sliding-window layers
-        the last full-attention layer below K; None for a method that reads no scores."""
+        """The decoder layer whose attention scores the video tokens: K-1, or on a model with sliding-window or
+        linear-attention layers the last full-attention layer below K; None for a method that reads no scores."""
         return self._parts.score_layer if self.config.query != "none" else None
 
     def __enter__(self) -> PruneHandle:
@@ -213,7 +224,9 @@ class PruneHandle:
         """What this call is: a decoding step after our prefill, a prefill (with or without video), or other."""
         if not call.is_prefill:
             if self._written is not None and self._written[0]() is call.cache:
-                return Decode(plan=self._written[1], pre=self._written[2], windows=self._parts.windows)
+                return Decode(
+                    plan=self._written[1], pre=self._written[2], windows=self._parts.windows, kinds=self._parts.kinds
+                )
             return Forward()
         hf.check_dynamic_cache(call.cache)
         self._written = None
@@ -338,7 +351,7 @@ def apply(model: nn.Module, config: PruneConfig | None = None, **overrides: Any)
     logger.info("sharp-prune: %s on %s (%s)", config, type(model).__name__, adapter.name)
     if handle.score_layer is not None and handle.score_layer != config.layer - 1:
         logger.info(
-            "sharp-prune: layers %d..%d attend in a sliding window; scores are read at layer %d, the last "
+            "sharp-prune: layers %d..%d attend in a sliding window or linearly; scores are read at layer %d, the last "
             "full-attention layer below K=%d",
             handle.score_layer + 1,
             config.layer - 1,

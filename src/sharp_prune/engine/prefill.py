@@ -21,6 +21,7 @@ from .. import hf_protocol as hf
 from ..errors import InputError
 from ..methods import Selection, SelectionInput
 from ..models.base import mixed_frame_sizes
+from ..steps.deepstack import DeepStack
 from ..steps.keep_plan import (
     KeepPlan,
     build_keep_plan,
@@ -60,24 +61,29 @@ class Prefill(Forward):
         self.segment_bias: torch.Tensor | None = None  # [b, 1, L, L] SegM's additive mask (eager only)
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None  # layer K-1's cos/sin (to remove RoPE)
         self.observed: set[int] = set()  # layers < K whose attention went through the registered function
+        self.layer_masks: dict[int, Any] = {}  # layer < K -> the attention mask it ran with (for the blank pass)
         self._real = _Scores()
         self._scores_to = self._real
         self.plan: KeepPlan | None = None
         self.cache_at_k: weakref.ref | None = None  # the cache layer K received (decoding continues from it)
         self._sliced: dict[int, Any] = {}  # id(a layer argument) -> the same, sliced to the keep plan
+        self.deepstack: DeepStack | None = None  # DeepStack's features of layers >= K (added after pruning)
         if self.config.needs_prior and parts.adapter.blank_frame_needs_grid and located.layout.grid is None:
             raise InputError(mixed_frame_sizes(parts.adapter.name))
 
     # ---------------------------------------------------------------------------- before layer 0
     def enter_decoder(self, decoder: nn.Module, call: hf.DecoderCall) -> Replacement:
-        """The text decoder's call: the input embeddings, then the pre-LLM stage and the segments."""
+        """The text decoder's call: DeepStack's late features, the input embeddings, then the pre-LLM stage and the
+        segments."""
         config = self.config
+        original = call
+        call = self.take_late_deepstack(call)
         if not (config.needs_segments or config.needs_prior or config.pre is not None):
-            return None
-        embeds, replacement = call.inputs_embeds, None
+            return call.hook_result if call is not original else None
+        embeds = call.inputs_embeds
         if embeds is None:  # hand the decoder the embeddings computed here, so that the lookup runs once
             embeds = hf.embed_tokens(decoder, call.input_ids)
-            replacement = call.replaced(inputs_embeds=embeds)
+            call = call.replaced(inputs_embeds=embeds)
         if config.pre == "temporal_merge":
             call.check_resizable()
             self.pre = temporal_merge(
@@ -91,12 +97,23 @@ class Prefill(Forward):
             )
             if self.pre is not None:
                 self.located, embeds = self.pre.located, self.pre.embeds
-                replacement = call.replaced(
+                call = call.replaced(
                     inputs_embeds=embeds, position_ids=self.pre.position_ids, attention_mask=self.pre.attention_mask
                 )
         self.embeds = embeds
         self.segment(embeds)
-        return replacement
+        return call.hook_result if call is not original else None
+
+    def take_late_deepstack(self, call: hf.DecoderCall) -> hf.DecoderCall:
+        """DeepStack adds visual features to the hidden states after layers 0..n-1, at every visual position. The
+        decoder keeps adding those of layers < K (full length); those of layers >= K are taken from it and added
+        here, at the visual positions the keep plan kept (`follow`)."""
+        deepstack = call.deepstack
+        if deepstack is None or len(deepstack[1]) <= self.parts.k:
+            return call
+        mask, features = deepstack
+        self.deepstack = DeepStack.of(mask, features, start=self.parts.k)
+        return call.replaced(deepstack_features=features[: self.parts.k])
 
     def segment(self, embeds: torch.Tensor) -> None:
         """Scene segments of each sample's frames (the method's own rule), and the mask they make."""
@@ -134,6 +151,8 @@ class Prefill(Forward):
         if layer is None or layer >= self.parts.k or key.shape[2] != self.located.seq_len:
             return None
         self.observed.add(layer)
+        if self._scores_to is self._real:
+            self.layer_masks[layer] = attention_mask
         if layer == self.parts.score_layer and self.located.query_index is not None:
             self.score(module, query, key)
         if self.segment_map is None or self.parts.windows[layer] is not None:
@@ -162,13 +181,14 @@ class Prefill(Forward):
                     f"decoder layer {self.parts.score_layer} received no position embeddings, so RoPE cannot be removed"
                 )
             rope = self.rope
-        self._scores_to.scores = score_video(query, key, self.located, hf.attention_scaling(module), rope)
+        scaling, apply_rope = hf.attention_scaling(module), hf.rope_function_of(module)
+        self._scores_to.scores = score_video(query, key, self.located, scaling, rope, apply_rope)
 
     # ---------------------------------------------------------------------------- layer K
     def at_layer(self, index: int, call: hf.LayerCall) -> Replacement:
         if index == self.parts.k:
             return self.prune(call)
-        return self.follow(call)
+        return self.follow(index, call)
 
     def prune(self, call: hf.LayerCall) -> Replacement:
         """Layer K's call: blank pass, calibrate, select, apply the keep plan, record."""
@@ -212,8 +232,8 @@ class Prefill(Forward):
                 f"{self.located.seq_len}"
             )
         needed: set[int] = set()
-        if self.segment_map is not None:
-            needed = set(range(self.parts.k))
+        if self.segment_map is not None:  # every attention layer < K (a linear-attention layer calls none)
+            needed = {i for i in range(self.parts.k) if self.parts.kinds[i : i + 1] != (hf.LINEAR_ATTENTION,)}
         elif self.config.query != "none":
             needed = {self.parts.score_layer}
         missing = sorted(needed - self.observed)
@@ -251,16 +271,36 @@ class Prefill(Forward):
         else:
             embeds = config.blank_embeddings(self.embeds, layout.positions, blank_frame, layout.frame_ids)
         blank = _Scores()
-        kwargs = call.rerun_kwargs()  # same positions and mask, no cache
+        masks = self._blank_pass_masks(call)
         with self._scoring_into(blank), torch.no_grad(), hf.outputs_not_captured():
             hidden = embeds
-            for layer in parts.layers[: parts.score_layer + 1]:  # the layers above it cannot change its scores
-                hidden = layer(hidden, **kwargs)
+            for index, layer in enumerate(parts.layers[: parts.score_layer + 1]):  # the layers above cannot matter
+                hidden = layer(hidden, **call.rerun_kwargs(attention_mask=masks[index]))  # same positions, no cache
         if blank.scores is None:
             raise hf.protocol_error(f"the blank pass produced no attention scores at layer {parts.score_layer}")
         if key is not None:
             parts.prior_cache[key] = blank.scores
         return blank.scores
+
+    def _blank_pass_masks(self, call: hf.LayerCall) -> list[Any]:
+        """The mask each layer up to the scoring layer ran with in the real pass, for the blank pass: the layers of
+        one stack may differ in kind (full, sliding-window, linear attention), and each kind has its own mask.
+
+        An attention layer's is the one its attention function received (`attend`); a linear-attention layer's is
+        the 2-D padding mask transformers gives them: layer K's when layer K is linear, else the sequence's
+        `key_valid` (None when unpadded: the same product with the hidden states).
+        """
+        parts = self.parts
+        linear = self.located.key_valid
+        if parts.kinds[parts.k : parts.k + 1] == (hf.LINEAR_ATTENTION,):
+            linear = call.attention_mask
+        masks = []
+        for index in range(parts.score_layer + 1):
+            if parts.kinds[index : index + 1] == (hf.LINEAR_ATTENTION,):
+                masks.append(linear)
+            else:
+                masks.append(self.layer_masks.get(index, call.attention_mask))
+        return masks
 
     @contextmanager
     def _scoring_into(self, scores: _Scores):  # noqa: ANN202 - a context manager
@@ -325,21 +365,32 @@ class Prefill(Forward):
         )
 
     # ---------------------------------------------------------------------------- layers K+1..L-1
-    def follow(self, call: hf.LayerCall) -> Replacement:
+    def follow(self, index: int, call: hf.LayerCall) -> Replacement:
         """Later layers get the same sliced arguments (or their own, sliced once: a mask per layer type; a sliding
         layer's mask, cut to the kept tokens, keeps its window in original positions)."""
-        if self.plan is None or self.plan.is_identity:
+        if self.plan is None:
             return None
+        hidden = self.add_late_deepstack(index, call)
+        if self.plan.is_identity:
+            return None if hidden is None else call.replaced(hidden_states=hidden)
         call.check_prunable()
-        index = self.plan.index
+        keep = self.plan.index
         position_ids = None
         if not self.parts.drop_position_ids:
-            position_ids = self._once(call.position_ids, lambda t: slice_position_ids(t, index))
+            position_ids = self._once(call.position_ids, lambda t: slice_position_ids(t, keep))
         return call.replaced(
-            position_embeddings=self._once(call.position_embeddings, lambda t: slice_position_embeddings(t, index)),
+            hidden_states=call.hidden_states if hidden is None else hidden,
+            position_embeddings=self._once(call.position_embeddings, lambda t: slice_position_embeddings(t, keep)),
             position_ids=position_ids,
-            attention_mask=self._once(call.attention_mask, lambda m: slice_mask(m, index, index)),
+            attention_mask=self._once(call.attention_mask, lambda m: slice_mask(m, keep, keep)),
         )
+
+    def add_late_deepstack(self, index: int, call: hf.LayerCall) -> torch.Tensor | None:
+        """Layer j + 1's call, j >= K: the hidden states plus DeepStack's features of layer j at the kept visual
+        positions (None when DeepStack has none for layer j)."""
+        if self.deepstack is None:
+            return None
+        return self.deepstack.add_after(index - 1, call.hidden_states, self.plan.index)
 
     def _once(self, value: Any, slicer: Any) -> Any:
         if value is None:

@@ -1,7 +1,8 @@
 """FLOPs counted by torch (`FlopCounterMode`), to check the analytic count of `sharp_prune.measure.flops`.
 
 torch registers FLOP formulas for its GPU attention kernels only; `flop_counter_mode` adds the CPU one, so that
-a prefill's attention is counted on these machines too.
+a prefill's attention is counted on these machines too, and one for triangular solves (the chunked gated delta
+rule of linear-attention layers runs two per chunk).
 """
 
 from __future__ import annotations
@@ -24,14 +25,25 @@ def _sdpa_flop(
     return 2 * b * heads * q_len * kv_len * (dim + v_dim)
 
 
+def _solve_triangular_flop(a_shape: tuple[int, ...], b_shape: tuple[int, ...], *args: Any, **kwargs: Any) -> int:
+    """A triangular [n, n] system against m right-hand sides (left side): n^2 m FLOPs, one multiply-add per entry of
+    the triangle per column (n(n-1)/2 of them with a unit diagonal, counted as n^2 / 2 for simplicity)."""
+    n, m = a_shape[-1], b_shape[-1]
+    batch = 1
+    for size in b_shape[:-2]:
+        batch *= size
+    return batch * n * n * m
+
+
 def flop_counter_mode(display: bool = False) -> FlopCounterMode:
     """A `FlopCounterMode` that also counts CPU attention.
 
     torch registers FLOP formulas for its GPU sdpa kernels only: on CPU, `scaled_dot_product_attention`
     runs `aten._scaled_dot_product_flash_attention_for_cpu`, which a plain `FlopCounterMode` counts as 0.
-    This one counts it like the GPU kernels (full q_len x kv_len, causality not discounted).
+    This one counts it like the GPU kernels (full q_len x kv_len, causality not discounted), and counts
+    `linalg_solve_triangular` (no formula in torch) as `_solve_triangular_flop` does.
     """
-    mapping = {}
+    mapping: dict[Any, Any] = {torch.ops.aten.linalg_solve_triangular: _solve_triangular_flop}
     cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_sdpa is not None:
         mapping[cpu_sdpa] = _sdpa_flop

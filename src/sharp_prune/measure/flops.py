@@ -20,7 +20,11 @@ What is counted (one multiply-add = 2 FLOPs, as `torch.utils.flop_counter` count
   farthest-point pick, i.e. 2 * N * D * B_sel per sample (B_sel = B minus registers); DivPrune
   2 * N * D * B. FlopCounterMode sees only RegD's `mm` calls (matvecs are `aten.mv`, which it ignores),
   so it reports somewhat less here; the term is well under 0.1% of a prefill;
-- the LM head on the last token of each sample (`logits_to_keep=1`, as `generate` runs the prefill).
+- the LM head on the last token of each sample (`logits_to_keep=1`, as `generate` runs the prefill);
+- hybrid stacks (Qwen3.5: Gated DeltaNet layers among full-attention layers): a linear-attention layer has no
+  q/k/v/o or attention term but ``linear`` (its projections, short convolution and gated delta rule, linear in
+  the tokens: `TextDims.linear_mixer_flops` gives the formula); scores come from the last full-attention layer
+  below K and the blank pass runs layers 0..that layer only.
 
 Two conventions:
 
@@ -97,7 +101,7 @@ class FlopsReport:
         total: FLOPs of the pruned prefill (sum of `breakdown`).
         unpruned: FLOPs of the same prefill without pruning (no pre-stage either).
         breakdown: FLOPs by component: ``before_k.*``, ``posc_pass.*``, ``after_k.*`` (each ``qkvo``,
-            ``attention``, ``mlp``), ``scoring``, ``selection``, ``lm_head``.
+            ``attention``, ``mlp``, and ``linear`` on a hybrid stack), ``scoring``, ``selection``, ``lm_head``.
         unpruned_breakdown: the same for the unpruned prefill (``before_k`` / ``after_k`` at full length).
         convention: "executed" or "ideal" (see the module docstring).
         vision: vision tower FLOPs when given (identical pruned or not; not in `total`).
@@ -138,25 +142,32 @@ class FlopsReport:
         }
 
 
-def _stage(dims: TextDims, name: str, layers: int, tokens: int, pairs: int) -> dict[str, int]:
-    return {
-        f"{name}.qkvo": layers * tokens * dims.qkvo_per_token,
-        f"{name}.attention": layers * pairs * dims.attention_per_pair,
-        f"{name}.mlp": layers * tokens * dims.mlp_per_token,
+def _stage(dims: TextDims, name: str, layers: range, lengths: list[int], pairs: int, ideal: bool) -> dict[str, int]:
+    """FLOPs of decoder layers `layers` over samples of `lengths` tokens (`pairs` attention pairs per layer)."""
+    tokens = sum(lengths)
+    linear = sum(1 for i in layers if dims.is_linear(i))
+    attention = len(layers) - linear
+    stage = {
+        f"{name}.qkvo": attention * tokens * dims.qkvo_per_token,
+        f"{name}.attention": attention * pairs * dims.attention_per_pair,
+        f"{name}.mlp": len(layers) * tokens * dims.mlp_per_token,
     }
+    if dims.has_linear:
+        stage[f"{name}.linear"] = linear * sum(dims.linear_mixer_flops(n, ideal) for n in lengths)
+    return stage
 
 
 def _unpruned(dims: TextDims, layout: PrefillLayout, config: PruneConfig, ideal: bool, lm_rows: int) -> dict[str, int]:
     """Every layer over the original input (before any pre-stage), plain causal."""
     if ideal:
-        reals = [s.real + s.pre_dropped for s in layout.samples]
-        tokens, pairs = sum(reals), sum(_triangle(r) for r in reals)
+        lengths = [s.real + s.pre_dropped for s in layout.samples]
+        pairs = sum(_triangle(r) for r in lengths)
     else:
-        tokens, pairs = layout.batch * layout.input_len, layout.batch * layout.input_len**2
+        lengths, pairs = [layout.input_len] * layout.batch, layout.batch * layout.input_len**2
     k = config.layer
     return {
-        **_stage(dims, "before_k", k, tokens, pairs),
-        **_stage(dims, "after_k", dims.num_layers - k, tokens, pairs),
+        **_stage(dims, "before_k", range(k), lengths, pairs, ideal),
+        **_stage(dims, "after_k", range(k, dims.num_layers), lengths, pairs, ideal),
         "lm_head": lm_rows * dims.lm_head_per_token,
     }
 
@@ -187,16 +198,16 @@ def count_flops(
         raise ConfigError(f"convention={convention!r} is not one of {CONVENTIONS}.")
     check_layer(config.layer, dims.num_layers)
     ideal = convention == "ideal"
-    k, rest = config.layer, dims.num_layers - config.layer
+    k = config.layer
     lm_rows = layout.batch * lm_head_tokens
     unpruned = _unpruned(dims, layout, config, ideal, lm_rows)
     pruned_any = layout.num_visual > 0  # the engine does nothing on a prefill without visual tokens
 
     if ideal:
-        tokens = sum(s.real for s in layout.samples)
-        kept_tokens = sum(s.real_kept for s in layout.samples)
+        lengths = [s.real for s in layout.samples]
+        kept_lengths = [s.real_kept for s in layout.samples]
     else:
-        tokens, kept_tokens = layout.batch * layout.seq_len, layout.batch * layout.kept_len
+        lengths, kept_lengths = [layout.seq_len] * layout.batch, [layout.kept_len] * layout.batch
     segm = pruned_any and config.segment_mask
     if segm:
         pairs = sum(config.attention_pairs_before_k(s.valid, s.visual, s.segments, ideal) for s in layout.samples)
@@ -207,12 +218,13 @@ def count_flops(
     posc_pass = bool(posc_pass and pruned_any)
     score_passes = (1 + int(posc_pass)) if pruned_any and config.query != "none" else 0
 
+    blank_layers = range(dims.score_layer(k) + 1 if posc_pass else 0)  # the blank pass stops at the scoring layer
     breakdown = {
-        **_stage(dims, "before_k", k, tokens, pairs),
-        **_stage(dims, "posc_pass", k if posc_pass else 0, tokens, pairs),
+        **_stage(dims, "before_k", range(k), lengths, pairs, ideal),
+        **_stage(dims, "posc_pass", blank_layers, lengths, pairs, ideal),
         "scoring": score_passes * _score_pairs(layout, ideal) * dims.score_per_pair,
         "selection": _selection_flops(dims, layout, config) if pruned_any else 0,
-        **_stage(dims, "after_k", rest, kept_tokens, _kept_pairs(layout, ideal)),
+        **_stage(dims, "after_k", range(k, dims.num_layers), kept_lengths, _kept_pairs(layout, ideal), ideal),
         "lm_head": lm_rows * dims.lm_head_per_token,
     }
     summary = {
@@ -227,6 +239,7 @@ def count_flops(
         "method": config.method,
         "segm_attention": segm,
         "posc_pass": posc_pass,
+        "score_layer": dims.score_layer(k) if config.query != "none" else None,
     }
     return FlopsReport(
         total=sum(breakdown.values()),

@@ -153,9 +153,17 @@ PRUNING_PATH_SYNCS: dict[str, str] = {
     "N sets every shape after it (budget, keep plan)",
     "steps/locate.py:locate": "once: padding inside the video, whether the prompt ends in a video token, and the "
     "text rows after the video (the query rows' shape)",
+    "models/glm4v.py:_grid_from_grids": "once (GLM-4V): `video_grid_thw` and each sample's video tokens, frames "
+    "and frame sizes, to check the frames against the grids",
+    "models/glm4v.py:_grid_from_positions": "under `generate` only (GLM-4V, no grid): the frame size, from the first "
+    "frame's M-RoPE positions",
     "models/llava_onevision.py:locate_llava_onevision": "once (LLaVA-OneVision): video tokens per sample, to cut "
     "them into frames",
+    "models/internvl.py:locate_internvl": "once (InternVL): whether a run of image-context tokens is not a whole "
+    "number of tiles (it would put two tiles in one frame)",
     "models/qwen_vl.py:_frames_from_grids": "once (Qwen-VL): `video_grid_thw` and the video tokens per sample",
+    "models/video_llama_3.py:_check_frames_against_grids": "once (VideoLLaMA3, when `video_grid_thw` is passed): "
+    "the frames the grids describe against the runs of video tokens",
     "models/qwen_vl.py:_frames_from_positions": "under `generate` only (Qwen-VL, no grid): frames from M-RoPE "
     "positions, per sample",
     "methods/sharp/segm.py:plan_segments": "once (ShaRP): segment sizes and the text around them, the shapes of "

@@ -12,11 +12,16 @@ from torch import nn
 from ..errors import ConfigError, UnsupportedModelError
 from ..record import PruneRecord
 
-
 # ---------------------------------------------------------------------------------------------- model shape
+# The chunk length of the chunked gated delta rule (transformers' `torch_chunk_gated_delta_rule` and the fla kernels).
+DELTA_RULE_CHUNK = 64
+# Text configs whose linear-attention layers the count models (Qwen3.5's Gated DeltaNet, a dense MLP in every layer).
+LINEAR_MODEL_TYPES = ("qwen3_5_text",)
+
+
 @dataclass(frozen=True)
 class TextDims:
-    """Shape of a decoder-only text model (Llama / Qwen2 style: GQA attention, gated MLP).
+    """Shape of a decoder-only text model (Llama / Qwen2 style: GQA attention, gated MLP), optionally hybrid.
 
     Attributes:
         hidden_size: D.
@@ -26,6 +31,11 @@ class TextDims:
         head_dim: size of one head.
         num_layers: decoder layers.
         vocab_size: V, rows of the LM head.
+        layer_kinds: each layer's kind (`config.layer_types`); empty: full attention everywhere.
+        attn_output_gate: the query projection also produces a sigmoid gate of the attention output (Qwen3.5:
+            `q_proj` is 2 H head_dim wide).
+        linear_key_heads, linear_value_heads, linear_key_dim, linear_value_dim, linear_conv_kernel: the Gated
+            DeltaNet layers' Hk, Hv, dk, dv and short-convolution width kc (0 without linear layers).
     """
 
     hidden_size: int
@@ -35,6 +45,13 @@ class TextDims:
     head_dim: int
     num_layers: int
     vocab_size: int
+    layer_kinds: tuple[str, ...] = ()
+    attn_output_gate: bool = False
+    linear_key_heads: int = 0
+    linear_value_heads: int = 0
+    linear_key_dim: int = 0
+    linear_value_dim: int = 0
+    linear_conv_kernel: int = 0
 
     @classmethod
     def from_config(cls, config: Any) -> TextDims:
@@ -42,12 +59,28 @@ class TextDims:
         if isinstance(config, nn.Module):
             config = config.config
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        if "sliding_attention" in (getattr(text, "layer_types", None) or ()):
+        kinds = tuple(getattr(text, "layer_types", None) or ())
+        if "sliding_attention" in kinds:
             # The model counts every layer's attention over the whole prefix and the blank pass as K layers; a
             # sliding layer attends within its window and the blank pass stops at the scoring layer.
             raise UnsupportedModelError(
                 f"the FLOPs model does not count sliding-window layers yet ({type(text).__name__} has them); its "
                 "figures would be wrong, so none are given. Time the prefill instead (sharp_prune.measure.timing)."
+            )
+        experts = next((getattr(text, n) for n in ("n_routed_experts", "num_experts") if getattr(text, n, None)), 0)
+        if experts:
+            # A routed MLP runs top-k of the experts (plus shared ones) per token, not `intermediate_size`.
+            raise UnsupportedModelError(
+                f"the FLOPs model does not count mixture-of-experts MLPs yet ({type(text).__name__} routes among "
+                f"{experts} experts); its figures would be wrong, so none are given. Time the prefill instead "
+                "(sharp_prune.measure.timing)."
+            )
+        hybrid = "linear_attention" in kinds
+        if hybrid and getattr(text, "model_type", None) not in LINEAR_MODEL_TYPES:
+            raise UnsupportedModelError(
+                f"the FLOPs model counts the linear-attention layers of {LINEAR_MODEL_TYPES} only, not "
+                f"{type(text).__name__} (model_type {getattr(text, 'model_type', None)!r}: a mixture-of-experts MLP "
+                "or other projections); its figures would be wrong, so none are given."
             )
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
@@ -59,13 +92,21 @@ class TextDims:
             head_dim=head_dim,
             num_layers=text.num_hidden_layers,
             vocab_size=text.vocab_size,
+            layer_kinds=kinds[: text.num_hidden_layers] if hybrid else (),
+            attn_output_gate=hybrid,  # Qwen3.5's attention layers always gate their output
+            linear_key_heads=text.linear_num_key_heads if hybrid else 0,
+            linear_value_heads=text.linear_num_value_heads if hybrid else 0,
+            linear_key_dim=text.linear_key_head_dim if hybrid else 0,
+            linear_value_dim=text.linear_value_head_dim if hybrid else 0,
+            linear_conv_kernel=text.linear_conv_kernel_dim if hybrid else 0,
         )
 
     @property
     def qkvo_per_token(self) -> int:
-        """q, k, v and o projections of one token in one layer."""
+        """q, k, v and o projections of one token in one attention layer (and the output gate's, when gated)."""
         d, hd = self.hidden_size, self.head_dim
-        return 2 * d * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
+        query_heads = self.num_heads * (2 if self.attn_output_gate else 1)
+        return 2 * d * hd * (query_heads + self.num_heads + 2 * self.num_kv_heads)
 
     @property
     def mlp_per_token(self) -> int:
@@ -85,6 +126,63 @@ class TextDims:
     @property
     def lm_head_per_token(self) -> int:
         return 2 * self.hidden_size * self.vocab_size
+
+    # ------------------------------------------------------------------ hybrid stacks (linear attention)
+    @property
+    def has_linear(self) -> bool:
+        return "linear_attention" in self.layer_kinds
+
+    def is_linear(self, layer: int) -> bool:
+        return layer < len(self.layer_kinds) and self.layer_kinds[layer] == "linear_attention"
+
+    def score_layer(self, k: int) -> int:
+        """The layer that scores for a prune at K: K-1, or the last full-attention layer below K (the blank pass
+        runs layers 0..score_layer)."""
+        full = [i for i in range(k) if not self.is_linear(i)]
+        return full[-1] if full else k - 1
+
+    @property
+    def linear_proj_per_token(self) -> int:
+        """A Gated DeltaNet layer's projections of one token: qkv (D -> 2 Hk dk + Hv dv), z (D -> Hv dv), the
+        decay and step inputs a, b (D -> Hv each) and out (Hv dv -> D): 2 D (2 Hk dk + 3 Hv dv + 2 Hv)."""
+        d = self.hidden_size
+        key, value = self.linear_key_heads * self.linear_key_dim, self.linear_value_heads * self.linear_value_dim
+        return 2 * d * (2 * key + 3 * value + 2 * self.linear_value_heads)
+
+    @property
+    def linear_conv_channels(self) -> int:
+        """Channels of the depthwise short convolution over q, k and v: 2 Hk dk + Hv dv."""
+        return 2 * self.linear_key_heads * self.linear_key_dim + self.linear_value_heads * self.linear_value_dim
+
+    def linear_mixer_flops(self, length: int, ideal: bool) -> int:
+        """FLOPs of one Gated DeltaNet layer over one sample of `length` tokens (projections, conv, delta rule).
+
+        Per token, with Hk key heads of size dk, Hv value heads of size dv, conv width kc, C = 64:
+
+        - projections: 2 D (2 Hk dk + 3 Hv dv + 2 Hv) (`linear_proj_per_token`);
+        - short conv (depthwise, kc taps): 2 kc (2 Hk dk + Hv dv) per output. Executed: the kernel pads kc - 1 on
+          both sides, so L + kc - 1 outputs (as torch counts `aten.convolution`); ideal: L;
+        - gated delta rule, per value head. Ideal (the recurrent form, state S of dk x dv): read S^T k, write
+          S += k (beta (v - S^T k))^T, read S^T q: three dk x dv multiply-adds, 6 dk dv FLOPs per token (the decay
+          S * exp(g) is elementwise and counts 0, as everywhere here). Executed (the chunked form transformers runs,
+          sequence padded to a multiple of C): per chunk, k_beta k^T and q k^T (2 C^2 dk each), two unit-triangular
+          solves for the values and decayed keys (C^2 dv and C^2 dk, `flop_counter._solve_triangular_flop`'s
+          n^2 m), the intra-chunk attention times the corrected values (2 C^2 dv), and three C x dk x dv products
+          with the state (read by keys and by queries, write): C^2 (5 dk + 3 dv) + 6 C dk dv per chunk.
+
+        The gated RMSNorm, SiLU, sigmoid, softplus and L2 norms are elementwise (0).
+        """
+        heads, dk, dv, kc = self.linear_value_heads, self.linear_key_dim, self.linear_value_dim, self.linear_conv_kernel
+        projections = length * self.linear_proj_per_token
+        conv_outputs = length if ideal else length + kc - 1
+        conv = 2 * kc * self.linear_conv_channels * conv_outputs
+        if ideal:
+            delta = length * heads * 6 * dk * dv
+        else:
+            c = DELTA_RULE_CHUNK
+            chunks = -(-length // c)
+            delta = chunks * heads * (c * c * (5 * dk + 3 * dv) + 6 * c * dk * dv)
+        return projections + conv + delta
 
 
 # ---------------------------------------------------------------------------------------------- prefill layout

@@ -17,9 +17,19 @@ class ModelShape:
     """A decoder-only LM shape: the transformers class and its config fields."""
 
     name: str
-    family: str  # "llama" or "qwen2"
+    family: str  # "llama", "qwen2" or "qwen3_5" (Qwen3_5ForCausalLM: Gated DeltaNet and full-attention layers)
     config: dict[str, Any]
     note: str = ""
+
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        """Each decoder layer's kind (`config.layer_types`; full attention when the shape does not say)."""
+        return tuple(self.config.get("layer_types") or ("full_attention",) * self.config["num_hidden_layers"])
+
+
+def _every_fourth_full(num_layers: int) -> list[str]:
+    """Qwen3.5's layer mix (`full_attention_interval=4`): three linear-attention layers, then a full-attention one."""
+    return ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(num_layers)]
 
 
 SHAPES: dict[str, ModelShape] = {
@@ -94,6 +104,56 @@ SHAPES: dict[str, ModelShape] = {
         ),
         "Qwen2-7B (the LLM of LLaVA-OneVision-7B; for GPUs: 15 GiB of bf16 weights)",
     ),
+    "tiny-hybrid": ModelShape(
+        "tiny-hybrid",
+        "qwen3_5",
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=8,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            linear_conv_kernel_dim=4,
+            layer_types=_every_fourth_full(8),
+            vocab_size=256,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+        ),
+        "toy Qwen3_5ForCausalLM (linear x3, full) x2 for tests; --layer >= 4",
+    ),
+    # transformers' Qwen3_5TextConfig defaults, documented there as "the Qwen3.5-9B style configuration"
+    # (configuration_qwen3_5.py, 5.24): 32 layers, every fourth full attention (16 query heads of 256, 4 KV heads,
+    # output gate, RoPE on a quarter of each head), the rest Gated DeltaNet (16 key / 32 value heads of 128, conv 4).
+    "qwen3.5-9b": ModelShape(
+        "qwen3.5-9b",
+        "qwen3_5",
+        dict(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            head_dim=256,
+            linear_num_key_heads=16,
+            linear_num_value_heads=32,
+            linear_key_head_dim=128,
+            linear_value_head_dim=128,
+            linear_conv_kernel_dim=4,
+            layer_types=_every_fourth_full(32),
+            vocab_size=248320,
+            max_position_embeddings=32768,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-6,
+            pad_token_id=0,  # a stand-in (random weights): the generic adapter's blank token for PosC
+        ),
+        "Qwen3.5-9B's LLM (Qwen3_5ForCausalLM, transformers' config defaults; 18 GiB of bf16 weights); --layer >= 4",
+    ),
 }
 
 
@@ -110,12 +170,21 @@ def build_model(
     `init_weights` (normal(0, 0.02) matrices, unit norms, RoPE buffers in fp32, tied embeddings tied),
     so no weight is allocated twice and nothing is read from the hub.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3_5ForCausalLM,
+        Qwen3_5TextConfig,
+    )
 
     spec = SHAPES[shape]
-    config_cls, model_cls = (
-        (LlamaConfig, LlamaForCausalLM) if spec.family == "llama" else (Qwen2Config, Qwen2ForCausalLM)
-    )
+    config_cls, model_cls = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "qwen3_5": (Qwen3_5TextConfig, Qwen3_5ForCausalLM),
+    }[spec.family]
     config = config_cls(**spec.config, bos_token_id=1, eos_token_id=None)
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()

@@ -9,6 +9,7 @@ import torch
 
 from ..config import check_layer, variants
 from ..errors import ConfigError
+from ..steps.sliding import check_linear_layer_k
 from .shapes import SHAPES
 
 BASELINE = "none"
@@ -91,6 +92,8 @@ class SpeedOptions:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}.")
         check_layer(self.layer, SHAPES[self.shape].config["num_hidden_layers"], f"the {self.shape} shape")
+        kinds = SHAPES[self.shape].layer_types
+        check_linear_layer_k(kinds, self.layer, f"the {self.shape} shape")  # before building a model
 
     @property
     def resolved_device(self) -> str:

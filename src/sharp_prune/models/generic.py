@@ -78,6 +78,32 @@ def tiny_sliding_lm(
     return tiny.finish(Gemma3ForCausalLM(config), attn_implementation, dtype)
 
 
+def tiny_hybrid_lm(
+    num_layers: int = 6,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> nn.Module:
+    """A randomly initialised `Qwen3_5ForCausalLM` whose layers mix as Qwen3.5's do, at toy size: two Gated DeltaNet
+    (linear-attention) layers then one full-attention layer, repeated (Qwen3.5 itself has three then one)."""
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    torch.manual_seed(seed)
+    text = tiny.text_config(num_layers, rope=False)
+    kinds = ["full_attention" if (i + 1) % 3 == 0 else "linear_attention" for i in range(num_layers)]
+    config = Qwen3_5TextConfig(
+        **text,
+        head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,  # two value heads per key head, as in Qwen3.5
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_conv_kernel_dim=4,
+        layer_types=kinds,
+    )
+    return tiny.finish(Qwen3_5ForCausalLM(config), attn_implementation, dtype)
+
+
 GENERIC = ModelAdapter(
     name="generic",
     class_names=(),

@@ -5,6 +5,8 @@ Only the requested query rows are scored against all keys, in fp32, a few heads 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .locate import Located
@@ -70,17 +72,32 @@ def attention_received(
 
 
 def remove_rope(
-    query: torch.Tensor, key: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    query: torch.Tensor,
+    key: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    apply_rope: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Undo `apply_rotary_pos_emb` (rotate-half convention): x = (y cos - rot(y) sin) / (cos^2 + sin^2)."""
-    cos, sin = (t.unsqueeze(1).float() for t in rope)
-    norm = cos * cos + sin * sin
+    """Undo RoPE: rotating back by the same angles, x = R(-angle) y / (cos^2 + sin^2).
+
+    `apply_rope`: the model's own `apply_rotary_pos_emb(q, k, cos, sin)`, called with -sin, so that its pairing
+    of dimensions (rotate-half, or GLM-4V's interleaved pairs) and its partial rotary dimensions (cos narrower than
+    the head: the rest is not rotated) hold; None: rotate-half over the rotary dimensions.
+    """
+    cos, sin = (t.float() for t in rope)
+    query, key = query.float(), key.float()
+    rotary = cos.shape[-1]
+    # cos^2 + sin^2 is the attention scaling squared (1 for plain RoPE) on the rotary dimensions, 1 past them
+    norm = torch.nn.functional.pad((cos * cos + sin * sin).unsqueeze(1), (0, query.shape[-1] - rotary), value=1.0)
+    if apply_rope is not None:
+        query, key = apply_rope(query, key, cos, -sin)
+        return query / norm, key / norm
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
 
     def unrotate(y: torch.Tensor) -> torch.Tensor:
-        y = y.float()
-        half = y.shape[-1] // 2
-        rotated = torch.cat((-y[..., half:], y[..., :half]), dim=-1)
-        return (y * cos - rotated * sin) / norm
+        y_rot, y_pass = y[..., :rotary], y[..., rotary:]
+        half = rotary // 2
+        rotated = torch.cat((-y_rot[..., half:], y_rot[..., :half]), dim=-1)
+        return torch.cat((y_rot * cos - rotated * sin, y_pass), dim=-1) / norm
 
     return unrotate(query), unrotate(key)
 
@@ -91,6 +108,7 @@ def score_video(
     located: Located,
     scaling: float,
     rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    apply_rope: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """[b, N] fp32 attention each video token receives from the query rows (RoPE removed first when `rope` given).
 
@@ -99,8 +117,9 @@ def score_video(
         located: the prefill's video tokens and query rows.
         scaling: the layer's softmax temperature.
         rope: the layer's (cos, sin), to score without RoPE (FEATHER); None: post-RoPE (FastV, ShaRP).
+        apply_rope: the model's own RoPE function (see `remove_rope`), or None.
     """
     if rope is not None:
-        query, key = remove_rope(query, key, rope)
+        query, key = remove_rope(query, key, rope, apply_rope)
     scores = attention_received(query, key, located.query_index, located.query_valid, located.key_valid, scaling)
     return scores.gather(1, located.layout.positions.to(scores.device))

@@ -1,4 +1,5 @@
-"""Sliding-window layers (Gemma 3, Gemma 4, ...): where scores can be read, and their masks after pruning.
+"""Sliding-window layers (Gemma 3, Gemma 4, ...) and linear-attention layers (Qwen3.5): where scores can be read,
+and the masks of sliding layers after pruning.
 
 A sliding layer attends only to the last W positions, so its scores are not the attention the model pays to a
 video token outside that window: scores are read at the last full-attention layer at or below K-1 (`score_layer`).
@@ -9,6 +10,10 @@ never trained on relative distances beyond W; counting the window in kept tokens
 sequence were the input) let those layers see up to N tokens back, and on Gemma 3 270M it cost most of the
 accuracy (docs/benchmarks.md). In the prefill this is the model's own mask cut to the kept rows and columns; when
 decoding, `decode_window_mask` rebuilds it over what transformers' sliding cache holds.
+
+A linear-attention layer (Gated DeltaNet) has no attention scores either: it folds the sequence into a recurrent
+state. Layers >= K build that state from the kept tokens only (the kept sequence, run directly); their 2-D padding
+mask is cut to the kept positions in the prefill and is already local when decoding.
 """
 
 from __future__ import annotations
@@ -20,19 +25,50 @@ import torch
 from ..errors import ConfigError
 
 
-def score_layer(windows: Sequence[int | None], k: int, model: str = "this model") -> int:
+def score_layer(
+    windows: Sequence[int | None],
+    k: int,
+    model: str = "this model",
+    kinds: Sequence[str] = (),
+) -> int:
     """The last full-attention layer at or below K-1: the one whose attention scores the video tokens.
 
-    Raises `ConfigError` when layers 0..K-1 are all sliding-window layers, naming the smallest K that has one.
+    `windows` from `hf.layer_windows`; `kinds` (`hf.layer_kinds`) marks linear-attention layers, which have no
+    window yet no attention scores either. Raises `ConfigError` when layers 0..K-1 have no full-attention layer,
+    naming the smallest K that has one.
     """
-    full = [index for index, window in enumerate(windows) if window is None]
+    full = [
+        index
+        for index, window in enumerate(windows)
+        if window is None and (index >= len(kinds) or kinds[index] != "linear_attention")
+    ]
     below = [index for index in full if index <= k - 1]
     if below:
         return below[-1]
     legal = f"K >= {full[0] + 1} (full-attention layers: {full})" if full else "none: it has no full-attention layer"
+    how = "attend in a sliding window" if "linear_attention" not in kinds else "attend in a sliding window or linearly"
     raise ConfigError(
-        f"layer K={k}: decoder layers 0..{k - 1} of {model} all attend in a sliding window, so none sees the "
-        f"whole video to score it; pick {legal}, or a method that reads no scores (random, uniform, divprune)."
+        f"layer K={k}: decoder layers 0..{k - 1} of {model} all {how}, so none sees the whole video to score it; "
+        f"pick {legal}, or a method that reads no scores (random, uniform, divprune)."
+    )
+
+
+def check_linear_layer_k(kinds: Sequence[str], k: int, model: str = "this model") -> None:
+    """On a stack with linear-attention layers, every method needs a full-attention layer below K.
+
+    transformers reads the cache's length (positions, the causal mask's width when decoding) from the first
+    full-attention layer; at or after K that layer holds only the kept tokens, and decoding would continue at the
+    wrong position. Raises `ConfigError` naming the smallest legal K.
+    """
+    if "linear_attention" not in kinds:
+        return
+    full = [index for index, kind in enumerate(kinds) if kind == "full_attention"]
+    if full and full[0] < k:
+        return
+    legal = f"K >= {full[0] + 1} (full-attention layers: {full})" if full else "none: it has no full-attention layer"
+    raise ConfigError(
+        f"layer K={k}: decoder layers 0..{k - 1} of {model} are all linear-attention (or sliding) layers; the cache's "
+        f"length is read from the first full-attention layer, which must see the whole prefill: pick {legal}."
     )
 
 
