@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sharp_prune as sp
-from sharp_prune.testing import PAD_ID, sample_of, tiny_causal_lm, tiny_inputs, tiny_model
+from sharp_prune.testing import PAD_ID, TINY_FAMILIES, sample_of, tiny_causal_lm, tiny_inputs, tiny_model
 
 PREFIX = [3, 7, 5]
 SUFFIX = [6, 2, 4]
@@ -16,7 +16,7 @@ def _first_real(mask_row: torch.Tensor) -> int:
     return int(mask_row.nonzero()[0])
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("method", ["fastv", "uniform", "random"])
 def test_batch_equals_single_runs(family, padding_side, method):

@@ -8,7 +8,7 @@ from reference import reference_logits
 from transformers import DynamicCache
 
 import sharp_prune as sp
-from sharp_prune.testing import tiny_causal_lm, tiny_inputs, tiny_model
+from sharp_prune.testing import TINY_FAMILIES, tiny_causal_lm, tiny_inputs, tiny_model
 
 LAYER = 2
 
@@ -20,7 +20,7 @@ def _keep_index(record, seq_len: int) -> torch.Tensor:
     return torch.tensor([p for p in range(seq_len) if p not in visual or p in kept])
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 @pytest.mark.parametrize("method", ["fastv", "uniform", "random"])
 def test_vlm_pruned_forward_matches_reference(family, method):
     model = tiny_model(family)
@@ -48,7 +48,7 @@ def test_generic_pruned_forward_matches_reference():
     torch.testing.assert_close(pruned, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_cache_lengths_and_decoding_match_reference(family):
     model = tiny_model(family)
     inputs = tiny_inputs(model, prefix_lens=[4], suffix_lens=[5])

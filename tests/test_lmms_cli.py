@@ -38,7 +38,7 @@ def workdir(tmp_path_factory) -> Path:
     """A folder with the task's data.jsonl (DOCS synthetic videos) and a tiny checkpoint."""
     folder = tmp_path_factory.mktemp("lmms")
     tiny_llava_onevision_checkpoint(folder / "ckpt")
-    for family in ("qwen2_vl", "qwen2_5_vl"):
+    for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         tiny_qwen_vl_checkpoint(folder / family, family)
     rows = []
     for i in range(DOCS):
@@ -266,3 +266,34 @@ def test_bad_qwen_documents_fail_alone(workdir, tmp_path):
     assert "no video" in by_doc[3]["error"]
     summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
     assert (summary["requests"], summary["failed"]) == (4, 3)
+
+
+# ------------------------------------------------------------------------------------------------ Qwen3-VL
+# Upstream's qwen3_vl wrappers read videos through qwen-vl-utils with image_patch_size=16 (Qwen3-VL's patch), so
+# frames are resized to multiples of 32: with min_pixels = max_pixels = 64 * 64 the 64 x 48 videos become 64 x 64
+# frames, (64 / 4 / 2)^2 = 64 tokens per temporal patch of the tiny checkpoint (patch 4, merge 2). The chat wrapper
+# asks max_num_frames frames of every video (a shorter video fails its document, as with qwen-vl-utils): 8 here.
+QWEN3_ARGS = "min_pixels=4096,max_pixels=4096,max_num_frames=8,device_map=cpu"
+QWEN3_TOKENS_PER_FRAME_PAIR = 64
+
+
+def test_the_cli_evaluates_a_pruned_qwen3_vl(workdir):
+    """Qwen3-VL through lmms-eval's default (chat) wrapper, without torchvision here: sharp-prune's torch-only
+    Qwen3-VL video processor and qwen-vl-utils' video rules on PyAV stand in; the processor writes each temporal
+    patch's timestamp from the frame indices those rules sampled."""
+    prune = workdir / "qwen3" / "prune"
+    base = f"pretrained={workdir / 'qwen3_vl'},{QWEN3_ARGS}"
+    args = f"method=sharp,retention=0.2,layer=2,prune_log={prune}"
+    run = _lmms(workdir, "qwen3", args, model="sharp_qwen3_vl", base_args=base)
+    assert "exact_match,none" in run["results"]["results"][TASK]
+    assert sorted(run["answers"]) == list(range(DOCS))
+    rows = {row["doc_id"]: row for row in _prune_rows(prune, "*_rank0of1_samples.jsonl")}
+    assert sorted(rows) == list(range(DOCS)), "one statistics row per document"
+    visual = 8 // 2 * QWEN3_TOKENS_PER_FRAME_PAIR
+    for doc in range(DOCS):
+        row = rows[doc]
+        assert row["error"] is None, row
+        assert row["visual_tokens"] == visual
+        assert row["kept_visual_tokens"] == sp.PruneConfig(method="sharp", retention=0.2).budget(visual)
+    summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
+    assert summary["requests"] == DOCS and summary["failed"] == 0 and summary["model"] == "sharp_qwen3_vl"

@@ -10,7 +10,7 @@ from reference import reference_logits
 
 import sharp_prune as sp
 from sharp_prune.steps.score import remove_rope
-from sharp_prune.testing import tiny_causal_lm, tiny_inputs, tiny_model
+from sharp_prune.testing import TINY_FAMILIES, tiny_causal_lm, tiny_inputs, tiny_model
 
 BASELINES = [dict(method=m) for m in ("none", "random", "uniform", "fastv", "feather", "divprune")]
 SHARP = [
@@ -26,11 +26,11 @@ def _name(cfg: dict) -> str:
 
 @pytest.fixture(scope="module")
 def models():
-    return {family: tiny_model(family) for family in ("llava_onevision", "qwen2_vl", "qwen2_5_vl")}
+    return {family: tiny_model(family) for family in TINY_FAMILIES}
 
 
 @pytest.mark.parametrize("cfg", ALL, ids=_name)
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_forward_generate_batch_with_padding(models, family, cfg):
     model = models[family]
     inputs = tiny_inputs(model, [3, 6], [5, 2], padding_side="left")

@@ -23,6 +23,7 @@ from sharp_prune.testing import (  # noqa: E402
     tiny_causal_lm,
     tiny_llava_onevision_checkpoint,
     tiny_model,
+    tiny_qwen_vl_checkpoint,
 )
 from sharp_prune.video import probe_video, read_frames, read_video, sample_indices  # noqa: E402
 
@@ -50,6 +51,11 @@ def media(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return tiny_llava_onevision_checkpoint(tmp_path_factory.mktemp("tiny-llava-ov"))
+
+
+@pytest.fixture(scope="module")
+def qwen3_checkpoint(tmp_path_factory):
+    return tiny_qwen_vl_checkpoint(tmp_path_factory.mktemp("tiny-qwen3-vl") / "ckpt", "qwen3_vl")
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -255,3 +261,42 @@ def test_a_layer_the_checkpoint_lacks_fails_before_the_weights_load(checkpoint, 
     config = sp.PruneConfig(method="fastv", retention=0.2, layer=99)
     with pytest.raises(sp.ConfigError, match=r"K=99 is outside \[1, 3\]"):
         run(checkpoint, media["clip"], "What happens?", config=config, num_frames=4, compare=True)
+
+
+# ------------------------------------------------------------------------------------------------- Qwen3-VL
+def test_run_answers_with_qwen3_vl_pruned(qwen3_checkpoint, media):
+    """Qwen3-VL end to end from the checkpoint folder (without torchvision here: the torch-only processor). Its
+    processor samples frames itself by default; `run` hands it the frames it decoded, and their indices give the
+    `<t seconds>` before each temporal patch."""
+    question = "What moves?"
+    config = sp.PruneConfig(method="sharp", retention=0.2, layer=2)
+    result = run(qwen3_checkpoint, media["clip"], question, config=config, num_frames=6, max_new_tokens=4)
+    assert result.model_class == "Qwen3VLForConditionalGeneration"
+    assert result.frames == 6 and result.frame_indices == sample_indices(TOTAL, 6) == [3, 9, 15, 21, 27, 33]
+    processor = load_processor(qwen3_checkpoint)
+    inputs = build_inputs(processor, read_video(media["clip"], 6), question)
+    written = int((inputs["input_ids"] == processor.video_token_id).sum())
+    assert inputs["video_grid_thw"].tolist() == [[3, 12, 16]]  # 6 x 48 x 64 pixels: within bounds, no resize
+    assert written == 3 * 12 * 16 // 4  # merge 2 x 2
+    text = processor.decode(inputs["input_ids"][0])
+    for stamp in ("<0.6 seconds>", "<1.8 seconds>", "<3.0 seconds>"):  # mean time of frames (3, 9), (15, 21)...
+        assert stamp in text
+    record = result.record
+    assert record.num_visual == [written] and result.video_tokens == written
+    assert record.budget == [config.budget(written)] and result.kept_tokens == config.budget(written)
+    assert result.answer  # untied random weights answer in (nonsense) words
+    assert result.prompt_tokens == inputs["input_ids"].shape[1]
+
+
+def test_cli_run_with_qwen3_vl_prints_json(qwen3_checkpoint, media, capsys):
+    parser = argparse.ArgumentParser(prog="sharp-prune")
+    add_run_parser(parser.add_subparsers(dest="command", required=True))
+    argv = ["run", "--model", str(qwen3_checkpoint), "--video", str(media["clip"]), "--question", "What moves?"]
+    argv += ["--method", "sharp", "--retention", "0.25", "--layer", "2", "--frames", "4", "--max-new-tokens", "2"]
+    argv += ["--prefill-repeats", "1", "--device", "cpu", "--json"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model_class"] == "Qwen3VLForConditionalGeneration" and data["frames"] == 4
+    assert data["video_tokens"] == 2 * 12 * 16 // 4 and data["kept_tokens"] == data["video_tokens"] // 4
+    assert data["answer"]

@@ -82,6 +82,14 @@ def tiny_sliding_lm(
     return build(num_layers, attn_implementation, torch.float32, seed, window)
 
 
+def tiny_hybrid_lm(num_layers: int = 6, attn_implementation: str = "sdpa", seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised `Qwen3_5ForCausalLM` (linear, linear, full, ...: Gated DeltaNet layers mixed with
+    full-attention layers) for the generic adapter: the layer mix of Qwen3.5 at toy size."""
+    from .models.generic import tiny_hybrid_lm as build
+
+    return build(num_layers, attn_implementation, torch.float32, seed)
+
+
 def sample_of(inputs: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
     """Sample `index` of a `tiny_inputs` batch as an unpadded batch of one (one video per sample)."""
     real = inputs["attention_mask"][index].bool()
@@ -93,9 +101,15 @@ def sample_of(inputs: dict[str, torch.Tensor], index: int) -> dict[str, torch.Te
         per_video = int(inputs["video_grid_thw"][index].prod())
         out["pixel_values_videos"] = inputs["pixel_values_videos"][index * per_video : (index + 1) * per_video]
         out["video_grid_thw"] = inputs["video_grid_thw"][index : index + 1]
-        out["mm_token_type_ids"] = inputs["mm_token_type_ids"][index][real][None]
+        if "mm_token_type_ids" in inputs:  # Qwen-VL
+            out["mm_token_type_ids"] = inputs["mm_token_type_ids"][index][real][None]
+        if "video_merge_sizes" in inputs:  # VideoLLaMA3
+            out["video_merge_sizes"] = inputs["video_merge_sizes"][index : index + 1]
     elif "pixel_values_videos" in inputs:
         out["pixel_values_videos"] = inputs["pixel_values_videos"][index : index + 1]
+    elif "pixel_values" in inputs:  # InternVL: every sample's frames as tiles, one sample after another
+        per_sample = inputs["pixel_values"].shape[0] // inputs["input_ids"].shape[0]
+        out["pixel_values"] = inputs["pixel_values"][index * per_sample : (index + 1) * per_sample]
     return out
 
 
@@ -217,6 +231,22 @@ QWEN_VL_CHAT_TEMPLATE = (
 )
 
 
+# Qwen3-VL's chat template (the Qwen3-VL checkpoints', without tools and reasoning), for the tiny checkpoints: no
+# default system turn; each video's placeholder becomes one `<t seconds><|vision_start|>...<|vision_end|>` span
+# per temporal patch in the processor, from the timestamps it works out of the video's metadata.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+QWEN_VL_CHECKPOINT_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+
+
 def tiny_qwen_vl_checkpoint(
     path: str | Path,
     family: str = "qwen2_vl",
@@ -224,30 +254,32 @@ def tiny_qwen_vl_checkpoint(
     seed: int = 0,
     tokenizer_dir: str | Path | None = None,
 ) -> Path:
-    """Save a complete tiny Qwen2-VL or Qwen2.5-VL checkpoint (random weights, real processor) to `path`.
+    """Save a complete tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE checkpoint (random weights, real
+    processor) to `path`.
 
-    `family`: "qwen2_vl" or "qwen2_5_vl". The tokenizer is SmolLM2's with Qwen-VL's vision tokens added; the
-    vision tower has patch 4, merge 2, temporal patch 2, so a 56 x 56 frame pair is 7 x 7 = 49 video tokens.
-    The processor (image, video, chat template) is saved as transformers saves the real one: `AutoProcessor`
-    loads it where torchvision is installed, `sharp_prune.models.loading.load_processor` everywhere.
+    `family`: one of `QWEN_VL_CHECKPOINT_FAMILIES`. The tokenizer is SmolLM2's with Qwen-VL's vision tokens
+    added; the vision tower has patch 4, merge 2, temporal patch 2, so each pair of frames is
+    (height / 8) x (width / 8) video tokens. Qwen2-VL / Qwen2.5-VL frames are resized within [16 x 16, 64 x 64]
+    pixels each (a 56 x 56 pair: 49 tokens); Qwen3-VL bounds the whole video within [2 x 16 x 16,
+    16 x 64 x 64] pixels and normalises with mean = std = 0.5 (four 48 x 64 frames stay so: 2 x 48 tokens,
+    each temporal patch after its `<t seconds>` timestamp). The processor (image, video, chat template) is saved
+    as transformers saves the real one: `AutoProcessor` loads it where torchvision is installed,
+    `sharp_prune.models.loading.load_processor` everywhere.
     """
     import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from .models.processors import accepting_processor_class
-    from .models.qwen_video_processing import Qwen2VLVideoProcessor
-    from .models.qwen_vl import tiny_qwen_vl_config
 
-    if family not in ("qwen2_vl", "qwen2_5_vl"):
-        raise ValueError(f"family must be 'qwen2_vl' or 'qwen2_5_vl', got {family!r}.")
+    if family not in QWEN_VL_CHECKPOINT_FAMILIES:
+        raise ValueError(f"family must be one of {QWEN_VL_CHECKPOINT_FAMILIES}, got {family!r}.")
+    qwen3 = family.startswith("qwen3")
     folder = Path(path)
     vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tokenizer = _smollm2_tokenizer(tokenizer_dir, vision_tokens)
     start, end, image, video = tokenizer.convert_tokens_to_ids(vision_tokens)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = tiny_qwen_vl_config(
-        family,
-        num_layers,
+    ids = dict(
         vision_start_token_id=start,
         vision_end_token_id=end,
         image_token_id=image,
@@ -257,6 +289,14 @@ def tiny_qwen_vl_checkpoint(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=pad_id,
     )
+    if qwen3:
+        from .models.qwen3_vl import tiny_qwen3_vl_config
+
+        config = tiny_qwen3_vl_config(num_layers, moe=family == "qwen3_vl_moe", **ids)
+    else:
+        from .models.qwen_vl import tiny_qwen_vl_config
+
+        config = tiny_qwen_vl_config(family, num_layers, **ids)
     config.tie_word_embeddings = config.text_config.tie_word_embeddings = False  # untied: answers in words
     torch.manual_seed(seed)
     model = getattr(transformers, FAMILIES[family].class_names[0])(config).eval()
@@ -264,17 +304,26 @@ def tiny_qwen_vl_checkpoint(
     model.generation_config.pad_token_id = pad_id
     model.save_pretrained(folder)
 
-    pixels = dict(patch_size=4, temporal_patch_size=2, merge_size=2, min_pixels=16 * 16, max_pixels=64 * 64)
-    processor_cls = getattr(transformers, FAMILIES[family].processor_class)
-    if transformers.utils.is_torchvision_available():
-        from transformers import Qwen2VLVideoProcessor as video_cls
+    patches = dict(patch_size=4, temporal_patch_size=2, merge_size=2)
+    image_pixels = dict(patches, min_pixels=16 * 16, max_pixels=64 * 64)
+    if qwen3:  # Qwen3-VL: SigLIP's normalisation; the video bounds count all frames
+        half = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+        image_pixels.update(half)
+        video_pixels = dict(patches, **half, size={"shortest_edge": 2 * 16 * 16, "longest_edge": 16 * 64 * 64})
     else:
-        video_cls, processor_cls = Qwen2VLVideoProcessor, accepting_processor_class(processor_cls)
+        video_pixels = dict(patches, min_pixels=16 * 16, max_pixels=64 * 64)
+    processor_cls = getattr(transformers, FAMILIES[family].processor_class)
+    video_name = "Qwen3VLVideoProcessor" if qwen3 else "Qwen2VLVideoProcessor"
+    if transformers.utils.is_torchvision_available():
+        video_cls = getattr(transformers, video_name)
+    else:  # the family's torch-only port, and a processor class that accepts it
+        video_cls = next(c for c in FAMILIES[family].video_processors() if c.__name__ == video_name)
+        processor_cls = accepting_processor_class(processor_cls)
     processor = processor_cls(
-        image_processor=Qwen2VLImageProcessorPil(**pixels),
+        image_processor=Qwen2VLImageProcessorPil(**image_pixels),
         tokenizer=tokenizer,
-        video_processor=video_cls(**pixels),
-        chat_template=QWEN_VL_CHAT_TEMPLATE,
+        video_processor=video_cls(**video_pixels),
+        chat_template=QWEN3_VL_CHAT_TEMPLATE if qwen3 else QWEN_VL_CHAT_TEMPLATE,
     )
     processor.save_pretrained(folder)
     return folder
@@ -320,7 +369,9 @@ __all__ = [
     "IMAGE_TOKEN_ID",
     "LLAVA_ONEVISION_CHAT_TEMPLATE",
     "PAD_ID",
+    "QWEN3_VL_CHAT_TEMPLATE",
     "QWEN_VL_CHAT_TEMPLATE",
+    "QWEN_VL_CHECKPOINT_FAMILIES",
     "TINY_FAMILIES",
     "VIDEO_TOKEN_ID",
     "VISION_END_ID",

@@ -15,8 +15,9 @@ from torch import nn
 from ..errors import ConfigError, UnsupportedModelError
 from .base import LmmsWrapper, ModelAdapter, TinyModel
 from .generic import GENERIC
+from .refused import REFUSED, refusal_for
 
-_NOT_FAMILIES = {"base", "generic", "loading", "processors", "tiny"}  # helper modules of this package
+_NOT_FAMILIES = {"base", "generic", "loading", "processors", "refused", "tiny"}  # helper modules of this package
 
 
 def _discover() -> dict[str, ModelAdapter]:
@@ -51,6 +52,9 @@ def resolve_adapter(model: nn.Module) -> ModelAdapter:
     for adapter in FAMILIES.values():
         if name in adapter.class_names:
             return adapter
+    refusal = refusal_for(name)
+    if refusal is not None:
+        raise UnsupportedModelError(refusal.message(name))
     config = getattr(model, "config", None)
     is_decoder_lm = (
         config is not None
@@ -109,6 +113,7 @@ def lmms_wrappers() -> dict[str, tuple[ModelAdapter, LmmsWrapper]]:
 __all__ = [
     "FAMILIES",
     "GENERIC",
+    "REFUSED",
     "SUPPORTED_MODELS",
     "LmmsWrapper",
     "ModelAdapter",

@@ -35,13 +35,13 @@ class LmmsWrapper:
 
     Attributes:
         model_id: the `--model` name lmms-eval knows the pruned wrapper by.
-        simple: "module:Class" of upstream's simple wrapper.
+        simple: "module:Class" of upstream's simple wrapper, or None (upstream has a chat wrapper only).
         chat: "module:Class" of upstream's chat wrapper, or None.
         default_pretrained: the checkpoint upstream loads by default.
     """
 
     model_id: str
-    simple: str
+    simple: str | None
     chat: str | None
     default_pretrained: str
 

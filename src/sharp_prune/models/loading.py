@@ -186,7 +186,15 @@ def build_inputs(processor: Any, clip: VideoClip, question: str) -> Any:
         raise ModelLoadError("the checkpoint's processor has no chat template; add chat_template.jinja to it.")
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    return processor(text=prompt, videos=[clip.frames], video_metadata=[clip.metadata()], return_tensors="pt")
+    options: dict[str, Any] = {}
+    if getattr(getattr(processor, "video_processor", None), "do_sample_frames", False):
+        # The clip's frames are the sample (Qwen3-VL's processor samples by default, reading the video's frame
+        # count from the metadata): sampling them again would index past them. The metadata's frame indices
+        # still give the processor its timestamps.
+        options["do_sample_frames"] = False
+    return processor(
+        text=prompt, videos=[clip.frames], video_metadata=[clip.metadata()], return_tensors="pt", **options
+    )
 
 
 def inputs_on_model(inputs: Any, model: nn.Module) -> dict[str, Any]:

@@ -17,6 +17,9 @@ official processor's steps, in its order, with torch ops in place of torchvision
 It is used only when torchvision is missing (`sharp_prune.models.loading.load_processor`); where torchvision
 loads, transformers' own class is. `tests/test_qwen_video_processing.py` checks it on fixed frames against
 values worked out from these steps, and against the official class wherever torchvision imports.
+
+Steps 2 to 4 (resize each video to a size the subclass picks, rescale + normalise, patch layout) are
+`QwenVLVideoOps`, which Qwen3-VL's port shares (`sharp_prune.models.qwen3_video_processing`).
 """
 
 from __future__ import annotations
@@ -105,7 +108,60 @@ class Qwen2VLVideoProcessorKwargs(VideosKwargs, total=False):
     max_video_tokens: int
 
 
-class Qwen2VLVideoProcessor(TorchVideoOps, BaseVideoProcessor):
+class QwenVLVideoOps(TorchVideoOps, BaseVideoProcessor):
+    """What the Qwen-VL video processors share on torch ops: each video resized to `resized_size`, rescaled and
+    normalised (fused), padded to the temporal patch and laid out in patches (`patchify`); outputs
+    ``pixel_values_videos`` and ``video_grid_thw``. Subclasses give the defaults, frame sampling and sizes."""
+
+    patch_size = 14
+    temporal_patch_size = 2
+    merge_size = 2
+    model_input_names = ["pixel_values_videos", "video_grid_thw"]
+
+    def resized_size(
+        self, video: torch.Tensor, size: SizeDict, factor: int, temporal_patch_size: int, cap_pixels_per_frame: Any
+    ) -> tuple[int, int]:
+        """The (height, width) a [T, C, H, W] video is resized to: multiples of `factor` (patch x merge)."""
+        raise NotImplementedError
+
+    def _preprocess(
+        self,
+        videos: list[torch.Tensor],
+        do_resize: bool,
+        size: SizeDict,
+        resample: Any,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: Any,
+        image_std: Any,
+        patch_size: int | None = None,
+        temporal_patch_size: int | None = None,
+        merge_size: int | None = None,
+        cap_pixels_per_frame: bool | None = None,
+        return_tensors: Any = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        patch_size = patch_size or self.patch_size
+        merge_size = merge_size or self.merge_size
+        temporal_patch_size = temporal_patch_size or self.temporal_patch_size
+        factor = patch_size * merge_size
+        if do_resize and (not size.shortest_edge or not size.longest_edge):
+            raise ValueError(f"`size` must have 'shortest_edge' and 'longest_edge' (pixel bounds), got {size}.")
+        all_patches, grids = [], []
+        for video in videos:  # [T, C, H, W]; each video alone (the official batches equal shapes: same values)
+            if do_resize:
+                height, width = self.resized_size(video, size, factor, temporal_patch_size, cap_pixels_per_frame)
+                video = self.resize(video, SizeDict(height=height, width=width), resample)
+            video = self.rescale_and_normalize(video, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            t = -(-video.shape[0] // temporal_patch_size)
+            grids.append([t, video.shape[-2] // patch_size, video.shape[-1] // patch_size])
+            all_patches.append(patchify(video, patch_size, merge_size, temporal_patch_size))
+        data = {"pixel_values_videos": torch.cat(all_patches, dim=0), "video_grid_thw": torch.tensor(grids)}
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+class Qwen2VLVideoProcessor(QwenVLVideoOps):
     """Qwen2-VL's video processor on torch ops only (see the module docstring); same name, options, defaults
     and outputs (``pixel_values_videos``, ``video_grid_thw``) as transformers' class."""
 
@@ -197,42 +253,12 @@ class Qwen2VLVideoProcessor(TorchVideoOps, BaseVideoProcessor):
             int(size.shortest_edge * 1.05),
         )
 
-    def _preprocess(
-        self,
-        videos: list[torch.Tensor],
-        do_resize: bool,
-        size: SizeDict,
-        resample: Any,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean: Any,
-        image_std: Any,
-        patch_size: int | None = None,
-        temporal_patch_size: int | None = None,
-        merge_size: int | None = None,
-        cap_pixels_per_frame: bool | None = None,
-        return_tensors: Any = None,
-        **kwargs: Any,
-    ) -> BatchFeature:
-        patch_size = patch_size or self.patch_size
-        merge_size = merge_size or self.merge_size
-        temporal_patch_size = temporal_patch_size or self.temporal_patch_size
-        factor = patch_size * merge_size
-        if do_resize and (not size.shortest_edge or not size.longest_edge):
-            raise ValueError(f"`size` must have 'shortest_edge' and 'longest_edge' (pixel bounds), got {size}.")
-        all_patches, grids = [], []
-        for video in videos:  # [T, C, H, W]; each video alone (the official batches equal shapes: same values)
-            if do_resize:
-                max_pixels = self._max_pixels(size, video.shape[0], factor, cap_pixels_per_frame)
-                height, width = smart_resize(*video.shape[-2:], factor, size.shortest_edge, max_pixels)
-                video = self.resize(video, SizeDict(height=height, width=width), resample)
-            video = self.rescale_and_normalize(video, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
-            t = -(-video.shape[0] // temporal_patch_size)
-            grids.append([t, video.shape[-2] // patch_size, video.shape[-1] // patch_size])
-            all_patches.append(patchify(video, patch_size, merge_size, temporal_patch_size))
-        data = {"pixel_values_videos": torch.cat(all_patches, dim=0), "video_grid_thw": torch.tensor(grids)}
-        return BatchFeature(data=data, tensor_type=return_tensors)
+    def resized_size(
+        self, video: torch.Tensor, size: SizeDict, factor: int, temporal_patch_size: int, cap_pixels_per_frame: Any
+    ) -> tuple[int, int]:
+        """`smart_resize` of the frame size within [size.shortest_edge, the per-frame cap] pixels per frame."""
+        max_pixels = self._max_pixels(size, video.shape[0], factor, cap_pixels_per_frame)
+        return smart_resize(*video.shape[-2:], factor, size.shortest_edge, max_pixels)
 
     def get_num_of_video_patches(
         self, num_frames: int, height: int, width: int, videos_kwargs: dict[str, Any] | None = None
@@ -249,4 +275,4 @@ class Qwen2VLVideoProcessor(TorchVideoOps, BaseVideoProcessor):
         return -(-num_frames // temporal) * (resized_height // patch_size) * (resized_width // patch_size)
 
 
-__all__ = ["Qwen2VLVideoProcessor", "patchify", "smart_resize"]
+__all__ = ["Qwen2VLVideoProcessor", "QwenVLVideoOps", "patchify", "smart_resize"]

@@ -70,6 +70,11 @@ def padded_batch(
         prefix = torch.randint(3, 200, (p,), generator=generator)
         suffix = torch.randint(3, 200, (s,), generator=generator)
         rows.append(torch.cat([prefix, torch.full((num_video_tokens,), VIDEO_TOKEN_ID), suffix]))
+    return pad_rows(rows, padding_side)
+
+
+def pad_rows(rows: list[torch.Tensor], padding_side: str) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask` of token rows of different lengths, padded on one side with `PAD_ID`."""
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), PAD_ID)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -26,17 +26,18 @@ from typing import Any
 from .model_args import PLUGIN_OPTIONS, PluginOptions, split_model_args
 
 
-def _models() -> dict[str, tuple[str, str | None]]:
+def _models() -> dict[str, tuple[str | None, str | None]]:
     from .wrappers import class_names
 
     path = f"{__name__}.wrappers."
     return {
-        model_id: (path + simple, path + chat if chat else None) for model_id, (simple, chat) in class_names().items()
+        model_id: (path + simple if simple else None, path + chat if chat else None)
+        for model_id, (simple, chat) in class_names().items()
     }
 
 
-#: model id -> (simple class, chat class or None), as import paths.
-MODELS: dict[str, tuple[str, str | None]] = _models()
+#: model id -> (simple class or None, chat class or None), as import paths (at least one of them).
+MODELS: dict[str, tuple[str | None, str | None]] = _models()
 
 
 def manifests() -> list[Any]:

@@ -263,16 +263,20 @@ class SharpPruneMixin:
         return self._read_video(video_path)  # uint8 [F, H, W, 3], or a `_VideoFailure`
 
     def _tracked(self, request: Any) -> Any:
-        """A copy of `request` whose visuals callable first tells the statistics which request runs."""
+        """Tell the statistics which request runs next; returns a copy of `request` whose visuals callable checks
+        the video files first (simple requests).
+
+        The request is marked here, on the thread that runs the model, not when upstream reads the visuals:
+        upstream `qwen3_vl` reads them on a worker thread (its `_preprocess_chunk` runs in a thread pool), and
+        the statistics keep the running request per thread."""
         args = list(request.args)
         index = self._sharp_visual_arg if getattr(self, "is_simple", True) else 1
         original: Callable[..., Any] = args[index]
         doc_id, task, split = args[-3], args[-2], args[-1]
         padding = bool((getattr(request, "metadata", None) or {}).get("__padding_only__", False))
-        stats = self.prune_stats
+        self.prune_stats.begin(task, split, doc_id, padding=padding)
 
         def visuals(*a: Any, **k: Any) -> Any:
-            stats.begin(task, split, doc_id, padding=padding)
             result = original(*a, **k)
             if index == self._sharp_visual_arg:  # a simple request's visuals: paths or images
                 _check_videos(result)

@@ -16,12 +16,15 @@ from ...models import lmms_wrappers
 from .mixin import SharpPruneMixin
 
 
-def class_names() -> dict[str, tuple[str, str | None]]:
-    """lmms-eval model id -> (simple class name, chat class name or None) in this module."""
+def class_names() -> dict[str, tuple[str | None, str | None]]:
+    """lmms-eval model id -> (simple class name or None, chat class name or None) in this module."""
     names = {}
     for model_id, (_, wrapper) in lmms_wrappers().items():
-        simple = "Sharp" + wrapper.simple.rsplit(":", 1)[1].replace("_", "")
-        names[model_id] = (simple, simple + "Chat" if wrapper.chat else None)
+        upstream = wrapper.simple or wrapper.chat  # a family with a chat wrapper only is named after it
+        if upstream is None:
+            continue
+        stem = "Sharp" + upstream.rsplit(":", 1)[1].replace("_", "")
+        names[model_id] = (stem if wrapper.simple else None, stem + "Chat" if wrapper.chat else None)
     return names
 
 
@@ -30,7 +33,7 @@ def _build(name: str) -> type:
         simple, chat = class_names()[model_id]
         if name not in (simple, chat):
             continue
-        module_name, class_name = (wrapper.chat if name == chat else wrapper.simple).split(":")
+        module_name, class_name = str(wrapper.chat if name == chat else wrapper.simple).split(":")
         upstream = getattr(importlib.import_module(module_name), class_name)
         attributes: dict[str, Any] = {
             "__module__": __name__,
