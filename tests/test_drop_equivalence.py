@@ -59,9 +59,11 @@ def test_cache_lengths_and_decoding_match_reference(family):
         cache = DynamicCache(config=model.config.text_config)
         model(**inputs, past_key_values=cache, use_cache=True)
         kept_len = handle.last.kept_len
-        lengths = [layer.keys.shape[2] for layer in cache.layers]
-        assert lengths[:LAYER] == [seq_len] * LAYER
-        assert lengths[LAYER:] == [kept_len] * (len(lengths) - LAYER)
+        # (a linear-attention layer, Qwen3.5's, holds a recurrent state instead: no length to check)
+        lengths = {i: layer.keys.shape[2] for i, layer in enumerate(cache.layers) if hasattr(layer, "keys")}
+        assert [lengths[i] for i in lengths if i < LAYER] == [seq_len] * sum(i < LAYER for i in lengths)
+        assert [lengths[i] for i in lengths if i >= LAYER] == [kept_len] * sum(i >= LAYER for i in lengths)
+        assert any(i >= LAYER for i in lengths)
         assert kept_len == seq_len - 64 + handle.last.budget[0]
         generated = model.generate(**inputs, max_new_tokens=steps, do_sample=False)
         record = handle.last

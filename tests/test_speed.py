@@ -20,7 +20,7 @@ import torch
 import sharp_prune
 from sharp_prune.cli.speed import add_speed_parser
 from sharp_prune.measure.memory import LiveTensorBytes
-from sharp_prune.measure.shapes import build_model
+from sharp_prune.measure.shapes import SHAPES, build_model
 from sharp_prune.measure.speed import BASELINE, SpeedOptions, build_prompt, run_speed
 
 # one thread: the test machine is small and shared; OpenMP spinning on busy cores costs more than it gives
@@ -196,3 +196,21 @@ def test_live_tensor_bytes_counts_new_storages_until_freed():
     assert tracker.current == 2 * 256 * 256 * 4
     del a, view, c
     assert tracker.current == 0
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_every_shape_builds_its_class_on_the_meta_device_with_a_flops_estimate(shape):
+    """Each `--shape` builds (no memory: meta device) as the class its family names, with the layer count it
+    declares, and the FLOPs model prices it: pruning at the shape's smallest legal K saves FLOPs at r = 0.2."""
+    from sharp_prune.measure.flops import estimate
+
+    spec = SHAPES[shape]
+    model = build_model(shape, device="meta")
+    assert len(model.model.layers) == spec.config["num_hidden_layers"]
+    assert type(model).__name__.lower().replace("_", "").startswith(spec.family.replace("_", ""))
+    kinds = spec.layer_types
+    first_full = kinds.index("full_attention")
+    k = max(2, first_full + 1)
+    config = sharp_prune.PruneConfig(method="fastv", retention=0.2, layer=k)
+    report = estimate(model.config, 32 * 50 + 40, 32 * 50, config=config, prompt_len=20)
+    assert 0 < report.total < report.unpruned

@@ -17,7 +17,7 @@ class ModelShape:
     """A decoder-only LM shape: the transformers class and its config fields."""
 
     name: str
-    family: str  # "llama", "qwen2" or "qwen3_5" (Qwen3_5ForCausalLM: Gated DeltaNet and full-attention layers)
+    family: str  # "llama", "qwen2", "qwen3" or "qwen3_5" (Qwen3_5ForCausalLM: Gated DeltaNet and full layers)
     config: dict[str, Any]
     note: str = ""
 
@@ -104,6 +104,27 @@ SHAPES: dict[str, ModelShape] = {
         ),
         "Qwen2-7B (the LLM of LLaVA-OneVision-7B; for GPUs: 15 GiB of bf16 weights)",
     ),
+    # Qwen3-VL-8B's LLM: Qwen3-8B's text config (36 layers, GQA 32 / 8 heads of 128, q/k norms); 1-D RoPE here
+    # costs what its M-RoPE does (the same rotation, other angles).
+    "qwen3-vl-8b": ModelShape(
+        "qwen3-vl-8b",
+        "qwen3",
+        dict(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            vocab_size=151936,
+            max_position_embeddings=262144,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-6,
+            rope_parameters=dict(rope_type="default", rope_theta=5000000.0),
+            pad_token_id=0,  # a stand-in (random weights): the generic adapter's blank token for PosC
+        ),
+        "the LLM of Qwen3-VL-8B (Qwen3ForCausalLM of its text config; for GPUs: 16 GiB of bf16 weights)",
+    ),
     "tiny-hybrid": ModelShape(
         "tiny-hybrid",
         "qwen3_5",
@@ -177,12 +198,15 @@ def build_model(
         Qwen2ForCausalLM,
         Qwen3_5ForCausalLM,
         Qwen3_5TextConfig,
+        Qwen3Config,
+        Qwen3ForCausalLM,
     )
 
     spec = SHAPES[shape]
     config_cls, model_cls = {
         "llama": (LlamaConfig, LlamaForCausalLM),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM),
         "qwen3_5": (Qwen3_5TextConfig, Qwen3_5ForCausalLM),
     }[spec.family]
     config = config_cls(**spec.config, bos_token_id=1, eos_token_id=None)

@@ -25,8 +25,9 @@ from .qwen_vl import locate_qwen_vl
 
 def tiny_qwen3_5_config(num_layers: int, moe: bool = False) -> Any:
     """A tiny Qwen3.5 configuration: Qwen3-VL's tiny ViT (no DeepStack) and a hybrid text stack whose layers
-    alternate linear and full attention (linear, full, linear, full: K = 2 is legal), heads of 32 with RoPE on a
-    quarter of each (interleaved M-RoPE), as the released checkpoints have it. `moe`: the MoE class's config."""
+    alternate full and linear attention (full, linear, full, linear: every K >= 1 is legal, as the shared battery
+    needs; the released checkpoints start with three linear layers), heads of 32 with RoPE on a quarter of each
+    (interleaved M-RoPE), as the released checkpoints have it. `moe`: the MoE class's config."""
     import transformers
 
     vision = dict(
@@ -49,7 +50,7 @@ def tiny_qwen3_5_config(num_layers: int, moe: bool = False) -> Any:
         linear_key_head_dim=16,
         linear_value_head_dim=16,
         linear_conv_kernel_dim=4,
-        layer_types=["full_attention" if i % 2 else "linear_attention" for i in range(num_layers)],
+        layer_types=["linear_attention" if i % 2 else "full_attention" for i in range(num_layers)],
         rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1], mrope_interleaved=True),
         partial_rotary_factor=0.25,
     )
