@@ -28,7 +28,8 @@ from ..errors import ConfigError, InputError
 from ..hf_protocol import ModelCall
 from ..steps.locate import VisualLayout
 from . import tiny
-from .base import ModelAdapter, TinyModel, black_pixels, input_ids_or_raise, mixed_frame_sizes
+from .base import ModelAdapter, TinyModel, black_pixels, input_ids_or_raise
+from .qwen_vl import patch_tower_blank_frame
 
 
 def _video_frame_tokens(input_ids: torch.Tensor, config: Any) -> torch.Tensor:
@@ -134,22 +135,7 @@ def locate_glm4v(model: nn.Module, call: ModelCall, declared: torch.Tensor | Non
 _BLACK = black_pixels((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
-def blank_frame_glm4v(model: nn.Module, layout: VisualLayout, blank_token_id: int | None) -> torch.Tensor:
-    """Vision tower (patch embedding, blocks, downsample, merger) on one black temporal patch: [h * w, D]."""
-    if layout.grid is None:
-        raise InputError(mixed_frame_sizes("glm4v"))
-    vision = model.config.vision_config
-    merge, patch, temporal = vision.spatial_merge_size, vision.patch_size, vision.temporal_patch_size
-    h, w = layout.grid[0] * merge, layout.grid[1] * merge
-    base = model.model if hasattr(model, "model") else model
-    param = next(base.visual.parameters())
-    # One patch = channels x temporal x patch x patch values, flattened channel-major.
-    patch_vector = _BLACK.to(param.device, param.dtype).repeat_interleave(temporal * patch * patch)
-    pixels = patch_vector.expand(h * w, -1).contiguous()
-    grid = torch.tensor([[1, h, w]], device=param.device)
-    with torch.no_grad():
-        features = base.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid).pooler_output
-    return features[0]
+blank_frame_glm4v = patch_tower_blank_frame("glm4v", _BLACK)
 
 
 def vision_flops_glm4v(config: Any, num_frames: int, video_grid_thw: tuple[int, int, int] | None) -> int:

@@ -20,32 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputError
-from ..steps.locate import VisualLayout
+from ..errors import ConfigError
 from . import tiny
-from .base import LmmsWrapper, ModelAdapter, TinyModel, black_pixels, mixed_frame_sizes
-from .qwen_vl import locate_qwen_vl
+from .base import LmmsWrapper, ModelAdapter, TinyModel, black_pixels
+from .qwen_vl import locate_qwen_vl, patch_tower_blank_frame
 
 # Qwen3-VL's processors normalise with mean = std = 0.5.
 _BLACK = black_pixels((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def blank_frame_qwen3_vl(model: nn.Module, layout: VisualLayout, blank_token_id: int | None) -> torch.Tensor:
-    """Vision tower + merger on one black temporal patch of the layout's grid: [h * w, D]."""
-    if layout.grid is None:
-        raise InputError(mixed_frame_sizes("qwen3_vl"))
-    vision = model.config.vision_config
-    merge, patch, temporal = vision.spatial_merge_size, vision.patch_size, vision.temporal_patch_size
-    h, w = layout.grid[0] * merge, layout.grid[1] * merge
-    base = model.model if hasattr(model, "model") else model
-    param = next(base.visual.parameters())
-    # One patch = channels x temporal x patch x patch values, flattened channel-major.
-    patch_vector = _BLACK.to(param.device, param.dtype).repeat_interleave(temporal * patch * patch)
-    pixels = patch_vector.expand(h * w, -1).contiguous()
-    grid = torch.tensor([[1, h, w]], device=param.device)
-    with torch.no_grad():
-        features = base.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid).pooler_output
-    return features[0]
+blank_frame_qwen3_vl = patch_tower_blank_frame("qwen3_vl", _BLACK)
 
 
 def vision_flops_qwen3_vl(config: Any, num_frames: int, video_grid_thw: tuple[int, int, int] | None) -> int:
