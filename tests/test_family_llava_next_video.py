@@ -188,7 +188,7 @@ def test_blank_frame_is_the_model_on_a_black_frame():
     pixels = (-mean / std).view(1, 1, 3, 1, 1).expand(1, 1, 3, 32, 32)
     with torch.no_grad():
         expected = model.get_video_features(pixel_values_videos=pixels).pooler_output[0]
-    torch.testing.assert_close(blank, expected)
+    torch.testing.assert_close(blank, expected.reshape(blank.shape))  # [1, 16, D] before transformers 5.24
 
 
 @pytest.mark.parametrize(

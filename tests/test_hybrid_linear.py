@@ -67,7 +67,7 @@ def test_the_cache_of_a_linear_layer_has_a_state_not_a_length(model):
     cache = DynamicCache(config=model.config)
     assert not hf.cache_started(cache, 0) and not hf.cache_started(cache, 2)
     with torch.no_grad():
-        model(input_ids=ids, cache=cache, use_cache=True)
+        model(input_ids=ids, **{hf.cache_argument(model): cache}, use_cache=True)  # `cache` since 5.24
     assert hf.is_linear_cache_layer(cache, 0) and not hf.is_linear_cache_layer(cache, 2)
     assert hf.cache_started(cache, 0) and hf.cache_started(cache, 2)
     assert hf.cache_length(cache, 2) == WIDTH
@@ -197,11 +197,13 @@ def test_a_multi_token_step_after_a_padded_prefill_keeps_its_local_mask(model):
         # positions continue from the cache's length (WIDTH, read at full-attention layer 2 < K); RoPE is relative,
         # so the padded row's shift does not matter
         full_mask = torch.cat([mask, torch.ones(2, 3, dtype=torch.long)], dim=1)
-        batch = model(input_ids=step, attention_mask=full_mask, cache=out.cache, use_cache=True).logits
+        cached = {hf.cache_argument(model): hf.output_cache(out)}
+        batch = model(input_ids=step, attention_mask=full_mask, **cached, use_cache=True).logits
         for i, row in enumerate(rows):
             with handle.visual_frames(sp.frame_map_for_span(len(row), START, FRAMES, PER_FRAME)):
                 single_out = model(input_ids=row[None], use_cache=True)
-            single = model(input_ids=step[i : i + 1], cache=single_out.cache, use_cache=True).logits
+            cached = {hf.cache_argument(model): hf.output_cache(single_out)}
+            single = model(input_ids=step[i : i + 1], **cached, use_cache=True).logits
             torch.testing.assert_close(batch[i], single[0], atol=1e-5, rtol=1e-5)
 
 

@@ -65,7 +65,8 @@ def blank_frame_llava_next_video(model: nn.Module, layout: VisualLayout, blank_t
     pixels = _BLACK.to(param.device, param.dtype).view(1, 1, 3, 1, 1).expand(1, 1, 3, size, size)
     with torch.no_grad():
         features = base.get_video_features(pixel_values_videos=pixels).pooler_output
-    return features[0]
+    # transformers < 5.24 returns one [frames, s * s, D] tensor per video, later releases [frames * s * s, D]
+    return features[0].reshape(-1, features[0].shape[-1])
 
 
 def vision_flops_llava_next_video(config: Any, num_frames: int, video_grid_thw: tuple[int, int, int] | None) -> int:
