@@ -10,9 +10,11 @@ processor class with its own video processor class, changed in two places only: 
 the video processor (RGB conversion, resize, normalise, centre crop) are replaced by torch ops (resize:
 `torch.nn.functional.interpolate`, antialiased, which is the kernel torchvision's tensor resize calls), and
 the processor accepts that video processor. Everything else (chat template, token expansion, sizes) is the
-checkpoint's processor code. This works for video processors that keep the base `resize` (LLaVA-OneVision);
-Qwen2-VL's video processor module imports torchvision at the top, so Qwen2-VL and Qwen2.5-VL need
-torchvision installed (a clear `ModelLoadError` says so).
+checkpoint's processor code. This works for video processors that keep the base `resize` (LLaVA-OneVision,
+LLaVA-NeXT-Video). A video processor module that imports torchvision at the top needs a port of its own, named
+by the family's entry (`ModelAdapter.video_processors`): Qwen2-VL / Qwen2.5-VL (`qwen_video_processing`),
+Qwen3-VL / Qwen3.5 (`qwen3_video_processing`), GLM-4.1V and InternVL (in their entries). Without one (GLM-4.6V,
+VideoLLaMA3) the checkpoint needs torchvision installed, and a clear `ModelLoadError` says so.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""lmms-eval plugin: pruned LLaVA-OneVision, Qwen2-VL and Qwen2.5-VL behind lmms-eval's own model wrappers.
+"""lmms-eval plugin: pruned video LLMs behind lmms-eval's own model wrappers.
 
-Installed with ``pip install 'sharp-prune[eval]'``, it registers three models through lmms-eval's entry-point
-group ``lmms_eval.models`` (no fork, nothing vendored):
+Installed with ``pip install 'sharp-prune[eval]'``, it registers one model per family entry that names an
+upstream wrapper (`ModelAdapter.lmms`) through lmms-eval's entry-point group ``lmms_eval.models`` (no fork,
+nothing vendored); today:
 
 - ``sharp_llava_onevision``: lmms-eval's ``llava_hf`` (the Hugging Face LLaVA-OneVision path),
-- ``sharp_qwen2_vl``: lmms-eval's ``qwen2_vl``,
-- ``sharp_qwen2_5_vl``: lmms-eval's ``qwen2_5_vl``,
+- ``sharp_qwen2_vl``: lmms-eval's ``qwen2_vl``; ``sharp_qwen2_5_vl``: ``qwen2_5_vl``,
+- ``sharp_qwen3_vl``: ``qwen3_vl``; ``sharp_qwen3_5``: ``qwen3_5``,
+- ``sharp_internvl``: ``internvl_hf`` (chat only),
 
 each a subclass of the upstream wrapper that prunes with `sharp_prune.apply` right after the model loads and
 reads the pruning config from ``--model_args``::

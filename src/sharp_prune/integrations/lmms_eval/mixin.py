@@ -98,10 +98,14 @@ def _precheck(pretrained: str, model_types: tuple[str, ...], layer: int) -> None
         raise ModelLoadError(f"cannot read the config of {pretrained!r}: {err}") from err
     model_type = getattr(config, "model_type", None)
     if model_type not in model_types:
+        from ...models import lmms_wrappers
+
+        wrappers = ", ".join(
+            f"{model_id}: {'/'.join(family.model_types)}" for model_id, (family, _) in lmms_wrappers().items()
+        )
         raise UnsupportedModelError(
             f"{pretrained!r} is a {model_type!r} checkpoint; this model wrapper runs {' or '.join(model_types)} "
-            "checkpoints (sharp_llava_onevision: LLaVA-OneVision, sharp_qwen2_vl: Qwen2-VL, "
-            "sharp_qwen2_5_vl: Qwen2.5-VL)."
+            f"checkpoints (the pruned wrappers and their checkpoints: {wrappers})."
         )
     text = getattr(config, "text_config", config)
     num_layers = getattr(text, "num_hidden_layers", None)
