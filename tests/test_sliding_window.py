@@ -126,13 +126,16 @@ def test_pruned_forward_equals_the_kept_sequence_run_directly(method, k, attn):
     torch.testing.assert_close(logits, reference_logits_layered(model, ids, keep, k), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("method", "k"), [("fastv", 3), ("random", 1)], ids=["scored", "below-the-first-full-layer"])
 @pytest.mark.parametrize("length", [WIDTH, START + FRAMES * PER_FRAME + 3], ids=["long-suffix", "short-suffix"])
-def test_generate_continues_from_the_pruned_cache_as_the_reference_does(model, length):
+def test_generate_continues_from_the_pruned_cache_as_the_reference_does(model, length, method, k):
     # short-suffix: the window of the first decoded tokens reaches back into the pruned video, where kept tokens are
-    # several positions apart; more steps than the window: the sliding cache of layers >= K drops old tokens
+    # several positions apart; more steps than the window: the sliding cache of layers >= K drops old tokens.
+    # below-the-first-full-layer: a method that reads no scores may prune at K = 1, before any full-attention layer
+    # (unlike a linear-attention stack, where that K is refused): decoding must still be right.
     ids, frame_map = _prompt(length=length)
-    steps, k = 12, 3
-    handle = sp.apply(model, method="fastv", retention=0.3, layer=k)
+    steps = 12
+    handle = sp.apply(model, method=method, retention=0.3, layer=k)
     with handle, handle.visual_frames(frame_map), torch.no_grad():
         generated = model.generate(input_ids=ids, max_new_tokens=steps, do_sample=False)
     keep = _kept_index(handle.last)
