@@ -159,3 +159,19 @@ def test_blank_frame_is_a_black_frame_through_the_models_own_video_path(model):
         hook.remove()
     first_frame = captured["inputs_embeds"][0, layout.positions[0, :16]]
     torch.testing.assert_close(blank_frame_qwen3_vl(model, layout, None), first_frame)
+
+
+@pytest.mark.parametrize("layer", [2, 3])
+def test_posc_prior_is_the_scores_of_a_black_video_deepstack_included(model, layer):
+    """PosC's blank pass is the model on the same prompt with every frame black: its prior equals the scores a real
+    forward on black pixels reads (each frame goes through the vision tower alone, so every black frame is the
+    black frame). DeepStack's levels below the scoring layer must be the black frame's too, or they differ."""
+    inputs = tiny_inputs(model, [5], [6])
+    black = dict(inputs, pixel_values_videos=torch.full_like(inputs["pixel_values_videos"], -1.0))
+    config = sp.PruneConfig(method="sharp", retention=0.25, layer=layer, segm=False, regd=False, record_scores=True)
+    with sp.apply(model, config) as handle, torch.no_grad():
+        model(**inputs)
+        prior = handle.last.prior[0]
+        model(**black)
+        black_scores = handle.last.raw_scores[0]
+    torch.testing.assert_close(prior, black_scores, atol=1e-5, rtol=1e-4)

@@ -21,7 +21,7 @@ from .. import hf_protocol as hf
 from ..errors import InputError
 from ..methods import Selection, SelectionInput
 from ..models.base import mixed_frame_sizes
-from ..steps.deepstack import DeepStack
+from ..steps.deepstack import DeepStack, full_additions
 from ..steps.keep_plan import (
     KeepPlan,
     build_keep_plan,
@@ -68,6 +68,7 @@ class Prefill(Forward):
         self.cache_at_k: weakref.ref | None = None  # the cache layer K received (decoding continues from it)
         self._sliced: dict[int, Any] = {}  # id(a layer argument) -> the same, sliced to the keep plan
         self.deepstack: DeepStack | None = None  # DeepStack's features of layers >= K (added after pruning)
+        self.deepstack_call: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # all of them (the blank pass)
         if self.config.needs_prior and parts.adapter.blank_frame_needs_grid and located.layout.grid is None:
             raise InputError(mixed_frame_sizes(parts.adapter.name))
 
@@ -108,7 +109,7 @@ class Prefill(Forward):
         """DeepStack adds visual features to the hidden states after layers 0..n-1, at every visual position. The
         decoder keeps adding those of layers < K (full length); those of layers >= K are taken from it and added
         here, at the visual positions the keep plan kept (`follow`)."""
-        deepstack = call.deepstack
+        deepstack = self.deepstack_call = call.deepstack
         if deepstack is None or len(deepstack[1]) <= self.parts.k:
             return call
         mask, features = deepstack
@@ -272,15 +273,41 @@ class Prefill(Forward):
             embeds = config.blank_embeddings(self.embeds, layout.positions, blank_frame, layout.frame_ids)
         blank = _Scores()
         masks = self._blank_pass_masks(call)
+        deepstack = self._blank_deepstack(embeds.dtype)
         with self._scoring_into(blank), torch.no_grad(), hf.outputs_not_captured():
             hidden = embeds
             for index, layer in enumerate(parts.layers[: parts.score_layer + 1]):  # the layers above cannot matter
                 hidden = layer(hidden, **call.rerun_kwargs(attention_mask=masks[index]))  # same positions, no cache
+                if index < len(deepstack):
+                    hidden = hidden + deepstack[index]
         if blank.scores is None:
             raise hf.protocol_error(f"the blank pass produced no attention scores at layer {parts.score_layer}")
         if key is not None:
             parts.prior_cache[key] = blank.scores
         return blank.scores
+
+    def _blank_deepstack(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """DeepStack's additions for the blank pass, one [b, L, D] per level below the scoring layer: the black frame's
+        own features at the video positions (a black video's), the real ones at other visual positions (images);
+        [] without DeepStack. With a pre-LLM stage there is none (the stage refuses DeepStack's arguments)."""
+        parts, layout = self.parts, self.located.layout
+        if self.deepstack_call is None or parts.adapter.blank_deepstack is None or self.pre is not None:
+            return []
+        mask, features = self.deepstack_call
+        additions = full_additions(mask, features, min(len(features), parts.score_layer), dtype)
+        if not additions:
+            return []
+        key = ("deepstack", layout.grid, dtype, self.embeds.device)
+        levels = parts.blank_frames.get(key)
+        if levels is None:
+            blank_token = getattr(self.config, "posc_blank_token_id", None)
+            levels = parts.adapter.blank_deepstack(parts.model(), layout, blank_token).to(self.embeds.device, dtype)
+            parts.blank_frames[key] = levels
+        # the same tiling as the blank frame's: token i of every frame gets the black frame's token i
+        return [
+            self.config.blank_embeddings(added, layout.positions, levels[j], layout.frame_ids)
+            for j, added in enumerate(additions)
+        ]
 
     def _blank_pass_masks(self, call: hf.LayerCall) -> list[Any]:
         """The mask each layer up to the scoring layer ran with in the real pass, for the blank pass: the layers of

@@ -73,6 +73,8 @@ class ModelAdapter:
         blank_frame: input embeddings of one content-free (black) frame, for PosC's prior.
         blank_frame_needs_grid: the blank frame is built at the layout's frame size, so every video of a batch
             must have the same one (checked before layer 0).
+        blank_deepstack: [levels, P, D] DeepStack features of the same black frame (Qwen3-VL), which the blank
+            pass adds where the real pass adds the video's; None for a family without DeepStack.
         model_types: `config.model_type` of this family's checkpoints (`run`, the lmms-eval wrapper).
         processor_class: the transformers processor class of its checkpoints.
         video_processors: () -> torch-only video processor classes, for checkpoints whose transformers video
@@ -88,6 +90,7 @@ class ModelAdapter:
     locate: LocateFn
     blank_frame: BlankFrameFn | None = None
     blank_frame_needs_grid: bool = False
+    blank_deepstack: BlankFrameFn | None = None
     model_types: tuple[str, ...] = ()
     processor_class: str | None = None
     video_processors: Callable[[], tuple[type, ...]] | None = None

@@ -6,8 +6,8 @@ A video of t temporal patches is t spans, each `<{time} seconds><|vision_start|>
 
 DeepStack: the vision tower also hands the text decoder one feature map per DeepStack level, added to the hidden
 states at the visual positions after decoder layers 0, 1, ...; with K at or below the last of those layers the
-engine adds the later levels to the kept visual tokens only (`sharp_prune.steps.deepstack`). PosC's blank pass runs
-without DeepStack's features (see DESIGN.md).
+engine adds the later levels to the kept visual tokens only (`sharp_prune.steps.deepstack`). PosC's blank pass adds
+the black frame's own DeepStack features at the video positions (`blank_deepstack`), as a black video would get.
 
 The MoE variant has the same engine path (its experts are MLPs of the text layers), and shares the dense family's
 test battery; tests/test_family_qwen3_vl.py runs the MoE class too.
@@ -21,15 +21,22 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..steps.locate import VisualLayout
 from . import tiny
 from .base import LmmsWrapper, ModelAdapter, TinyModel, black_pixels
-from .qwen_vl import locate_qwen_vl, patch_tower_blank_frame
+from .qwen_vl import black_patch_features, locate_qwen_vl, patch_tower_blank_frame
 
 # Qwen3-VL's processors normalise with mean = std = 0.5.
 _BLACK = black_pixels((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 blank_frame_qwen3_vl = patch_tower_blank_frame("qwen3_vl", _BLACK)
+
+
+def blank_deepstack_qwen3_vl(model: nn.Module, layout: VisualLayout, blank_token_id: int | None) -> torch.Tensor:
+    """DeepStack's features of the same black temporal patch, one per level: [levels, h * w, D]."""
+    features = black_patch_features(model, layout, "qwen3_vl", _BLACK).deepstack_features
+    return torch.stack([level[0] for level in features])
 
 
 def vision_flops_qwen3_vl(config: Any, num_frames: int, video_grid_thw: tuple[int, int, int] | None) -> int:
@@ -159,6 +166,7 @@ QWEN3_VL = ModelAdapter(
     locate=locate_qwen_vl,
     blank_frame=blank_frame_qwen3_vl,
     blank_frame_needs_grid=True,
+    blank_deepstack=blank_deepstack_qwen3_vl,
     model_types=("qwen3_vl",),
     processor_class="Qwen3VLProcessor",
     video_processors=torch_video_processors,
@@ -180,6 +188,7 @@ QWEN3_VL_MOE = ModelAdapter(
     locate=locate_qwen_vl,
     blank_frame=blank_frame_qwen3_vl,
     blank_frame_needs_grid=True,
+    blank_deepstack=blank_deepstack_qwen3_vl,
     model_types=("qwen3_vl_moe",),
     processor_class="Qwen3VLProcessor",
     video_processors=torch_video_processors,

@@ -106,26 +106,31 @@ def locate_qwen_vl(model: nn.Module, call: ModelCall, declared: torch.Tensor | N
 _BLACK = black_pixels((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
+def black_patch_features(model: nn.Module, layout: VisualLayout, family: str, black: torch.Tensor) -> Any:
+    """`get_video_features` of a family whose vision tower takes flattened (channel, temporal, patch, patch) patches
+    and `video_grid_thw` (Qwen-VL, Qwen3-VL, GLM-4V) on one black temporal patch of the layout's grid. `black`: the
+    processor's normalised value of a black pixel per channel."""
+    if layout.grid is None:
+        raise InputError(mixed_frame_sizes(family))
+    vision = model.config.vision_config
+    merge, patch, temporal = vision.spatial_merge_size, vision.patch_size, vision.temporal_patch_size
+    h, w = layout.grid[0] * merge, layout.grid[1] * merge
+    base = model.model if hasattr(model, "model") else model
+    param = next(base.visual.parameters())
+    # One patch = channels x temporal x patch x patch values, flattened channel-major.
+    patch_vector = black.to(param.device, param.dtype).repeat_interleave(temporal * patch * patch)
+    pixels = patch_vector.expand(h * w, -1).contiguous()
+    grid = torch.tensor([[1, h, w]], device=param.device)
+    with torch.no_grad():
+        return base.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid)
+
+
 def patch_tower_blank_frame(family: str, black: torch.Tensor) -> BlankFrameFn:
-    """The blank frame of a family whose vision tower takes flattened (channel, temporal, patch, patch) patches and
-    `video_grid_thw` (Qwen-VL, Qwen3-VL, GLM-4V): the tower + merger on one black temporal patch of the layout's
-    grid, [h * w, D]. `black`: the processor's normalised value of a black pixel per channel."""
+    """The blank frame of a patch-tower family (`black_patch_features`): the tower + merger on one black temporal
+    patch of the layout's grid, [h * w, D]."""
 
     def blank_frame(model: nn.Module, layout: VisualLayout, blank_token_id: int | None) -> torch.Tensor:
-        if layout.grid is None:
-            raise InputError(mixed_frame_sizes(family))
-        vision = model.config.vision_config
-        merge, patch, temporal = vision.spatial_merge_size, vision.patch_size, vision.temporal_patch_size
-        h, w = layout.grid[0] * merge, layout.grid[1] * merge
-        base = model.model if hasattr(model, "model") else model
-        param = next(base.visual.parameters())
-        # One patch = channels x temporal x patch x patch values, flattened channel-major.
-        patch_vector = black.to(param.device, param.dtype).repeat_interleave(temporal * patch * patch)
-        pixels = patch_vector.expand(h * w, -1).contiguous()
-        grid = torch.tensor([[1, h, w]], device=param.device)
-        with torch.no_grad():
-            features = base.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid).pooler_output
-        return features[0]
+        return black_patch_features(model, layout, family, black).pooler_output[0]
 
     return blank_frame
 

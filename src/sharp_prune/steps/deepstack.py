@@ -50,3 +50,12 @@ class DeepStack:
         # gathered at every slot and zeroed off the visual ones: no boolean indexing, so no host sync
         gathered = features[rank.clamp(min=0)]  # [b, n, D]
         return hidden + torch.where((rank >= 0)[..., None], gathered, torch.zeros((), dtype=hidden.dtype))
+
+
+def full_additions(mask: torch.Tensor, features: list[torch.Tensor], levels: int, dtype: torch.dtype) -> list:
+    """What the decoder adds after each of its first `levels` layers: [b, L, D] per level, zero outside `mask`."""
+    out = []
+    for level in features[:levels]:
+        added = torch.zeros((*mask.shape, level.shape[-1]), dtype=dtype, device=level.device)
+        out.append(added.masked_scatter(mask.to(level.device)[..., None], level.to(dtype)))
+    return out
