@@ -15,7 +15,7 @@ import sharp_prune as sp
 from sharp_prune.hf_protocol import read_model_call
 from sharp_prune.measure.flops import measure_prefill_flops, prefill_flops, vision_flops
 from sharp_prune.models import resolve_adapter
-from sharp_prune.models.qwen3_vl import QWEN3_VL_MOE, TIMESTAMP_TOKENS, _tiny_qwen3_vl
+from sharp_prune.models.qwen3_vl import QWEN3_VL_MOE, TIMESTAMP_TOKENS, tiny_qwen3_vl
 from sharp_prune.models.qwen_vl import locate_qwen_vl
 from sharp_prune.testing import TinyVideo, tiny_inputs, tiny_model
 
@@ -100,7 +100,7 @@ def test_generate_after_deepstack_prefill_matches_unpruned_at_full_retention(mod
 
 
 def test_moe_variant_runs_the_same_engine_path():
-    moe = _tiny_qwen3_vl(moe=True)(4, "sdpa", torch.float32, 0)
+    moe = tiny_qwen3_vl(moe=True)(4, "sdpa", torch.float32, 0)
     assert resolve_adapter(moe) is QWEN3_VL_MOE
     inputs = _moe_inputs(moe)
     with torch.no_grad():

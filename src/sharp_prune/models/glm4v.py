@@ -253,9 +253,7 @@ def tiny_glm4v_config(family: str, num_layers: int, **token_ids: int) -> Any:
         "glm4v_moe": transformers.Glm4vMoeConfig,
     }[family]
     text = _tiny_text(num_layers, moe=family == "glm4v_moe")
-    for name in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
-        if name in token_ids:
-            text[name] = token_ids.pop(name)
+    tiny.take_text_ids(token_ids, text)
     if family == "glm46v":
         text["model_type"] = "glm4v_text"
         vision = dict(model_type="glm4v_vision", **_tiny_vision())
@@ -269,23 +267,14 @@ def tiny_glm4v_config(family: str, num_layers: int, **token_ids: int) -> Any:
         video_start_token_id=tiny.VISION_START_ID,
         video_end_token_id=tiny.VISION_END_ID,
     )
-    config = config_cls(text_config=text, vision_config=vision, **{**ids, **token_ids})
-    config.text_config.bos_token_id = text["bos_token_id"]
-    config.text_config.eos_token_id = text["eos_token_id"]
-    return config
+    return tiny.with_text_ids(config_cls(text_config=text, vision_config=vision, **{**ids, **token_ids}), text)
 
 
 def _tiny_glm4v(family: str) -> Any:
-    def build(num_layers: int, attn_implementation: str, dtype: torch.dtype, seed: int) -> nn.Module:
-        """The tiny configuration's model, with random weights."""
-        import transformers
-
-        torch.manual_seed(seed)
-        entry = {"glm4v": GLM4V, "glm46v": GLM46V, "glm4v_moe": GLM4V_MOE}[family]
-        model = getattr(transformers, entry.class_names[0])(tiny_glm4v_config(family, num_layers))
-        return tiny.finish(model, attn_implementation, dtype)
-
-    return build
+    """`TinyModel.build` of the tiny model of `family` ("glm4v", "glm46v" or "glm4v_moe")."""
+    name = {"glm4v": "Glm4vForConditionalGeneration", "glm46v": "Glm46VForConditionalGeneration"}
+    model_class = name.get(family, "Glm4vMoeForConditionalGeneration")
+    return tiny.builder(model_class, lambda num_layers: tiny_glm4v_config(family, num_layers))
 
 
 def video_segment(frames: int, tokens_per_frame: int) -> list[int]:

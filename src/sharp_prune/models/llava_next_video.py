@@ -123,25 +123,17 @@ def tiny_llava_next_video_config(num_layers: int, **overrides: Any) -> Any:
         spatial_pool_stride=2,
     )
     text = tiny.text_config(num_layers, rope=False)
-    for name in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
-        if name in overrides:
-            text[name] = overrides.pop(name)
+    tiny.take_text_ids(overrides, text)
     fields.update(overrides)
     config = LlavaNextVideoConfig(
         text_config=dict(model_type="llama", **text), vision_config=tiny_clip(image_size=32, patch_size=4), **fields
     )
-    config.text_config.bos_token_id = text["bos_token_id"]
-    config.text_config.eos_token_id = text["eos_token_id"]
-    return config
+    return tiny.with_text_ids(config, text)
 
 
-def tiny_llava_next_video(num_layers: int, attn_implementation: str, dtype: torch.dtype, seed: int) -> nn.Module:
-    """The tiny configuration's model (`tiny_llava_next_video_config`), with random weights."""
-    from transformers import LlavaNextVideoForConditionalGeneration
-
-    torch.manual_seed(seed)
-    model = LlavaNextVideoForConditionalGeneration(tiny_llava_next_video_config(num_layers))
-    return tiny.finish(model, attn_implementation, dtype)
+tiny_llava_next_video = tiny.builder(
+    "LlavaNextVideoForConditionalGeneration", tiny_llava_next_video_config
+)  # the tiny configuration's model, with random weights
 
 
 def tiny_inputs_llava_next_video(

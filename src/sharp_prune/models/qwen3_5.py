@@ -14,9 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
-
 from . import tiny
 from .base import LmmsWrapper, ModelAdapter, TinyModel
 from .qwen3_vl import blank_frame_qwen3_vl, tiny_inputs_qwen3_vl, torch_video_processors, vision_flops_qwen3_vl
@@ -63,24 +60,13 @@ def tiny_qwen3_5_config(num_layers: int, moe: bool = False) -> Any:
         video_token_id=tiny.VIDEO_TOKEN_ID,
     )
     config_cls = transformers.Qwen3_5MoeConfig if moe else transformers.Qwen3_5Config
-    config = config_cls(text_config=text, vision_config=vision, **ids)
-    config.text_config.bos_token_id = text["bos_token_id"]
-    config.text_config.eos_token_id = text["eos_token_id"]
-    return config
+    return tiny.with_text_ids(config_cls(text_config=text, vision_config=vision, **ids), text)
 
 
 def tiny_qwen3_5(moe: bool) -> Any:
-    """The builder of the tiny model: (num_layers, attn_implementation, dtype, seed) -> model."""
-
-    def build(num_layers: int, attn_implementation: str, dtype: torch.dtype, seed: int) -> nn.Module:
-        import transformers
-
-        torch.manual_seed(seed)
-        entry = QWEN3_5_MOE if moe else QWEN3_5
-        model = getattr(transformers, entry.class_names[0])(tiny_qwen3_5_config(num_layers, moe=moe))
-        return tiny.finish(model, attn_implementation, dtype)
-
-    return build
+    """`TinyModel.build` of the tiny Qwen3.5 (`moe`: Qwen3.5-MoE) model."""
+    name = "Qwen3_5MoeForConditionalGeneration" if moe else "Qwen3_5ForConditionalGeneration"
+    return tiny.builder(name, lambda num_layers: tiny_qwen3_5_config(num_layers, moe=moe))
 
 
 _PATHS = ("model.language_model", "language_model")

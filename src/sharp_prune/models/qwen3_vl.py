@@ -82,9 +82,7 @@ def tiny_qwen3_vl_config(num_layers: int, moe: bool = False, **token_ids: int) -
     text["rope_parameters"]["mrope_interleaved"] = True
     if moe:
         text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
-    for name in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
-        if name in token_ids:
-            text[name] = token_ids.pop(name)
+    tiny.take_text_ids(token_ids, text)
     ids = dict(
         vision_start_token_id=tiny.VISION_START_ID,
         vision_end_token_id=tiny.VISION_END_ID,
@@ -93,23 +91,13 @@ def tiny_qwen3_vl_config(num_layers: int, moe: bool = False, **token_ids: int) -
     )
     ids.update(token_ids)
     config_cls = transformers.Qwen3VLMoeConfig if moe else transformers.Qwen3VLConfig
-    config = config_cls(text_config=text, vision_config=vision, **ids)
-    config.text_config.bos_token_id = text["bos_token_id"]
-    config.text_config.eos_token_id = text["eos_token_id"]
-    return config
+    return tiny.with_text_ids(config_cls(text_config=text, vision_config=vision, **ids), text)
 
 
-def _tiny_qwen3_vl(moe: bool) -> Any:
-    def build(num_layers: int, attn_implementation: str, dtype: torch.dtype, seed: int) -> nn.Module:
-        """The tiny configuration's model, with random weights."""
-        import transformers
-
-        torch.manual_seed(seed)
-        entry = QWEN3_VL_MOE if moe else QWEN3_VL
-        model = getattr(transformers, entry.class_names[0])(tiny_qwen3_vl_config(num_layers, moe=moe))
-        return tiny.finish(model, attn_implementation, dtype)
-
-    return build
+def tiny_qwen3_vl(moe: bool) -> Any:
+    """`TinyModel.build` of the tiny Qwen3-VL (`moe`: Qwen3-VL-MoE) model."""
+    name = "Qwen3VLMoeForConditionalGeneration" if moe else "Qwen3VLForConditionalGeneration"
+    return tiny.builder(name, lambda num_layers: tiny_qwen3_vl_config(num_layers, moe=moe))
 
 
 TIMESTAMP_TOKENS = 2  # "<1.5 seconds>" is a few text tokens before each frame's <|vision_start|>
@@ -177,7 +165,7 @@ QWEN3_VL = ModelAdapter(
         chat="lmms_eval.models.chat.qwen3_vl:Qwen3_VL",
         default_pretrained="Qwen/Qwen3-VL-8B-Instruct",
     ),
-    tiny=TinyModel(build=_tiny_qwen3_vl(moe=False), inputs=tiny_inputs_qwen3_vl),
+    tiny=TinyModel(build=tiny_qwen3_vl(moe=False), inputs=tiny_inputs_qwen3_vl),
 )
 
 # Same engine path as the dense family: no tiny entry of its own (tests/test_family_qwen3_vl.py runs it).

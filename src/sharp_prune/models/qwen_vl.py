@@ -195,27 +195,9 @@ def tiny_qwen_vl_config(family: str, num_layers: int, **token_ids: int) -> Any:
         video_token_id=tiny.VIDEO_TOKEN_ID,
     )
     text = tiny.text_config(num_layers, rope=True)
-    for name in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
-        if name in token_ids:
-            text[name] = token_ids.pop(name)
+    tiny.take_text_ids(token_ids, text)
     ids.update(token_ids)
-    config = config_cls(text_config=text, vision_config=vision, **ids)
-    config.text_config.bos_token_id = text["bos_token_id"]
-    config.text_config.eos_token_id = text["eos_token_id"]
-    return config
-
-
-def _tiny_qwen_vl(family: str) -> Any:
-    def build(num_layers: int, attn_implementation: str, dtype: torch.dtype, seed: int) -> nn.Module:
-        """The tiny configuration's model, with random weights."""
-        import transformers
-
-        torch.manual_seed(seed)
-        entry = QWEN2_VL if family == "qwen2_vl" else QWEN2_5_VL
-        model = getattr(transformers, entry.class_names[0])(tiny_qwen_vl_config(family, num_layers))
-        return tiny.finish(model, attn_implementation, dtype)
-
-    return build
+    return tiny.with_text_ids(config_cls(text_config=text, vision_config=vision, **ids), text)
 
 
 def tiny_inputs_qwen_vl(
@@ -267,7 +249,10 @@ QWEN2_VL = ModelAdapter(
         chat=None,
         default_pretrained="Qwen/Qwen2-VL-7B-Instruct",
     ),
-    tiny=TinyModel(build=_tiny_qwen_vl("qwen2_vl"), inputs=tiny_inputs_qwen_vl),
+    tiny=TinyModel(
+        build=tiny.builder("Qwen2VLForConditionalGeneration", lambda n: tiny_qwen_vl_config("qwen2_vl", n)),
+        inputs=tiny_inputs_qwen_vl,
+    ),
 )
 
 QWEN2_5_VL = ModelAdapter(
@@ -287,5 +272,8 @@ QWEN2_5_VL = ModelAdapter(
         chat="lmms_eval.models.chat.qwen2_5_vl:Qwen2_5_VL",
         default_pretrained="Qwen/Qwen2.5-VL-7B-Instruct",
     ),
-    tiny=TinyModel(build=_tiny_qwen_vl("qwen2_5_vl"), inputs=tiny_inputs_qwen_vl),
+    tiny=TinyModel(
+        build=tiny.builder("Qwen2_5_VLForConditionalGeneration", lambda n: tiny_qwen_vl_config("qwen2_5_vl", n)),
+        inputs=tiny_inputs_qwen_vl,
+    ),
 )

@@ -7,7 +7,9 @@ video inputs) is in its entry (`sharp_prune.models.<family>`); `sharp_prune.test
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,3 +85,34 @@ def pad_rows(rows: list[torch.Tensor], padding_side: str) -> dict[str, torch.Ten
         input_ids[i, sl] = r
         attention_mask[i, sl] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+# Ids that belong to the text model of a composite (vision + text) configuration.
+TEXT_IDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def take_text_ids(overrides: dict[str, Any], text: dict[str, Any]) -> None:
+    """Move the text model's ids (vocabulary size, bos / eos / pad) from a composite config's `overrides` to `text`."""
+    for name in TEXT_IDS:
+        if name in overrides:
+            text[name] = overrides.pop(name)
+
+
+def with_text_ids(config: Any, text: dict[str, Any]) -> Any:
+    """`config` with its text config's bos / eos as `text` has them (composite configs do not always pass them on)."""
+    config.text_config.bos_token_id = text["bos_token_id"]
+    config.text_config.eos_token_id = text["eos_token_id"]
+    return config
+
+
+def builder(model_class: str, make_config: Callable[[int], Any]) -> Callable[[int, str, torch.dtype, int], nn.Module]:
+    """`TinyModel.build` for transformers' `model_class` on `make_config(num_layers)`: seeded random weights, then
+    `finish`."""
+
+    def build(num_layers: int, attn_implementation: str, dtype: torch.dtype, seed: int) -> nn.Module:
+        import transformers
+
+        torch.manual_seed(seed)
+        return finish(getattr(transformers, model_class)(make_config(num_layers)), attn_implementation, dtype)
+
+    return build

@@ -110,25 +110,17 @@ def tiny_video_llama_3_config(num_layers: int, **overrides: Any) -> Any:
     from transformers import VideoLlama3Config
 
     text = tiny.text_config(num_layers, rope=False)
-    for name in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
-        if name in overrides:
-            text[name] = overrides.pop(name)
+    tiny.take_text_ids(overrides, text)
     fields: dict[str, Any] = dict(image_token_id=tiny.IMAGE_TOKEN_ID, video_token_id=tiny.VIDEO_TOKEN_ID)
     fields.update(overrides)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=4)
     config = VideoLlama3Config(text_config=dict(model_type="qwen2", **text), vision_config=vision, **fields)
-    config.text_config.bos_token_id = text["bos_token_id"]
-    config.text_config.eos_token_id = text["eos_token_id"]
-    return config
+    return tiny.with_text_ids(config, text)
 
 
-def tiny_video_llama_3(num_layers: int, attn_implementation: str, dtype: torch.dtype, seed: int) -> nn.Module:
-    """The tiny configuration's model, with random weights."""
-    from transformers import VideoLlama3ForConditionalGeneration
-
-    torch.manual_seed(seed)
-    model = VideoLlama3ForConditionalGeneration(tiny_video_llama_3_config(num_layers))
-    return tiny.finish(model, attn_implementation, dtype)
+tiny_video_llama_3 = tiny.builder(
+    "VideoLlama3ForConditionalGeneration", tiny_video_llama_3_config
+)  # the tiny configuration's model, with random weights
 
 
 def video_tokens(frames: list[int]) -> torch.Tensor:
