@@ -110,6 +110,8 @@ def reference_logits_layered(
     >= `layer`, a kept token sees the kept tokens of the last `sliding_window` original positions. A linear-attention
     layer (Qwen3.5) gets no mask (the sample is unpadded) and runs on whatever sequence reaches it: the kept one
     from `layer` on, its recurrent state built from the kept tokens only.
+    Gemma 4: each layer gets its per-layer input at the rows it runs on, and `shared_kv_states={}` lets its
+    KV-sharing layers read their source layer's keys (the kept ones from `layer` on).
     `last_only`: the last position's logits only; `layer_kwargs`: more arguments every decoder layer takes."""
     decoder = model.model
     config = decoder.config
@@ -120,6 +122,9 @@ def reference_logits_layered(
         kind: decoder.rotary_emb(embeds, positions, kind) if per_kind else decoder.rotary_emb(embeds, positions)
         for kind in set(config.layer_types)
     }
+    per_layer = None  # Gemma 4's per-layer inputs: [1, L, layers, d], layer i reads [:, kept rows, i]
+    if getattr(config, "hidden_size_per_layer_input", 0):
+        per_layer = decoder.project_per_layer_inputs(embeds, decoder.get_per_layer_inputs(input_ids))
     hidden, current = embeds, torch.arange(embeds.shape[1])
     for index, block in enumerate(decoder.layers):
         if index == layer:
@@ -128,6 +133,8 @@ def reference_logits_layered(
         kind = config.layer_types[index]
         window = config.sliding_window if kind == "sliding_attention" else None
         cos, sin = rope[kind]
+        if per_layer is not None:
+            layer_kwargs["per_layer_input"] = per_layer[:, current, index]
         hidden = block(
             hidden,
             attention_mask=None if kind == "linear_attention" else _causal(current, window),

@@ -200,16 +200,112 @@ def test_the_flops_model_refuses_sliding_layers_rather_than_miscount(model):
         TextDims.from_config(model)
 
 
-@pytest.mark.parametrize(
-    "feature",
-    [{"hidden_size_per_layer_input": 16}, {"hidden_size_per_layer_input": 0, "num_kv_shared_layers": 3}],
-    ids=["per-layer-inputs", "shared-kv"],
-)
-def test_gemma4_text_stacks_with_per_layer_inputs_or_shared_kv_are_refused(feature):
+def _gemma4_text(**overrides) -> torch.nn.Module:
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    torch.manual_seed(0)
+    config = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=7,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        global_head_dim=16,
+        vocab_size=256,
+        vocab_size_per_layer_input=256,
+        sliding_window=WINDOW,
+        layer_types=GEMMA4_KINDS,
+        pad_token_id=0,
+    )
+    config.update(overrides)
+    return Gemma4ForCausalLM(Gemma4TextConfig(**config)).eval()
+
+
+# per-layer inputs, and layers 5 and 6 reusing the keys and values of layers 3 (sliding) and 4 (full)
+GEMMA4_KINDS = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+GEMMA4_KINDS += ["sliding_attention", "full_attention"]
+GEMMA4_FEATURES = {"hidden_size_per_layer_input": 8, "num_kv_shared_layers": 2}
+
+
+def test_kv_sources_name_the_layer_whose_keys_each_layer_reads():
     from transformers import Gemma4TextConfig
 
-    config = Gemma4TextConfig(num_hidden_layers=6, vocab_size_per_layer_input=256, **feature)
-    with pytest.raises(UnsupportedModelError, match=list(feature)[-1]):
+    config = Gemma4TextConfig(num_hidden_layers=7, layer_types=list(GEMMA4_KINDS), num_kv_shared_layers=2)
+    assert hf.kv_sources(config, 7) == (0, 1, 2, 3, 4, 3, 4)  # the last unshared of each kind stores
+    assert hf.kv_sources(Gemma4TextConfig(num_hidden_layers=7, layer_types=list(GEMMA4_KINDS)), 7) == tuple(range(7))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_a_gemma4_text_stack_with_per_layer_inputs_and_shared_kv_prunes_like_the_kept_sequence(k):
+    """Per-layer inputs follow the keep plan; the KV-sharing layers read the kept keys of their sources; generate
+    (whose prefill runs the sharing layers on the last row only) continues from the pruned cache."""
+    model = _gemma4_text(**GEMMA4_FEATURES)
+    ids, frame_map = _prompt()
+    handle = sp.apply(model, method="fastv", retention=0.3, layer=k)
+    with handle, handle.visual_frames(frame_map), torch.no_grad():
+        logits = model(input_ids=ids).logits
+        record = handle.last
+        tokens = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+    assert record.kept_len < record.seq_len
+    keep = _kept_index(record)
+    torch.testing.assert_close(
+        logits, reference_logits_layered(model, ids, keep, k, shared_kv_states={}), atol=1e-5, rtol=1e-5
+    )
+    # greedy decoding from the pruned cache equals greedy decoding of the kept-sequence reference
+    expected = ids
+    with torch.no_grad():
+        for _ in range(6):
+            full_keep = torch.cat([keep, torch.arange(ids.shape[1], expected.shape[1])])
+            step = reference_logits_layered(model, expected, full_keep, k, last_only=True, shared_kv_states={})
+            expected = torch.cat([expected, step[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(tokens, expected)
+
+
+def test_posc_on_a_gemma4_text_stack_projects_the_blank_copys_per_layer_inputs():
+    """The blank pass hands every rerun layer a per-layer input built from the blank copy's embeddings (the
+    decoder's own projection), not the real pass's (which would leak the video into the prior)."""
+    model = _gemma4_text(**GEMMA4_FEATURES)
+    ids, frame_map = _prompt()
+    seen: dict[int, list] = {i: [] for i in range(2)}  # layers 0..1: the scoring layer is 1
+    hooks = [
+        model.model.layers[i].register_forward_pre_hook(
+            lambda m, a, kw, i=i: seen[i].append(a[1] if len(a) > 1 else kw["per_layer_input"]), with_kwargs=True
+        )
+        for i in range(2)
+    ]
+    config = sp.PruneConfig(method="sharp", retention=0.3, layer=3, segm=False, regd=False)
+    handle = sp.apply(model, config)
+    try:
+        with handle.visual_frames(frame_map), torch.no_grad():
+            model(input_ids=ids)
+            blank = ids.clone()
+            blank[0, START : START + FRAMES * PER_FRAME] = model.config.pad_token_id
+            embeds = model.model.embed_tokens(blank)
+            tokens = model.model.get_per_layer_inputs(ids)  # a text LM's token part: its real tokens'
+            expected = model.model.project_per_layer_inputs(embeds, tokens)
+    finally:
+        handle.remove()
+        for hook in hooks:
+            hook.remove()
+    for layer in range(2):
+        real, rerun = seen[layer]
+        torch.testing.assert_close(rerun, expected[:, :, layer])
+        assert not torch.allclose(rerun, real)
+
+
+def test_k_after_a_shared_kv_source_is_refused_before_anything_is_attached():
+    model = _gemma4_text(**GEMMA4_FEATURES)
+    with pytest.raises(ConfigError, match=r"layer 5 .* reuses the keys and values of layer 3.*K <= 3"):
+        sp.apply(model, method="random", retention=0.3, layer=4)
+    assert not any(layer._forward_pre_hooks for layer in model.model.layers)
+
+
+def test_bidirectional_attention_over_everything_is_refused():
+    from transformers import Gemma4TextConfig
+
+    config = Gemma4TextConfig(num_hidden_layers=6, use_bidirectional_attention="all")
+    with pytest.raises(UnsupportedModelError, match="bidirectionally"):
         hf.layer_windows(config, 6)
 
 

@@ -56,7 +56,7 @@ MODEL_CACHE_NAMES: tuple[str, ...] = ("cache", "past_key_values")
 LAYER_CACHE_NAMES: tuple[str, ...] = ("cache", "past_key_values")
 
 # Layer arguments that hold the sequence and are sliced together with the hidden states at layer K.
-_LAYER_SEQUENCE_ARGS = ("hidden_states", "attention_mask", "position_ids", "position_embeddings")
+_LAYER_SEQUENCE_ARGS = ("hidden_states", "attention_mask", "position_ids", "position_embeddings", "per_layer_input")
 # Decoder arguments the pre-LLM stage rewrites (it shortens the sequence before layer 0).
 _DECODER_SEQUENCE_ARGS = ("input_ids", "inputs_embeds", "attention_mask", "position_ids")
 
@@ -64,7 +64,13 @@ _DECODER_SEQUENCE_ARGS = ("input_ids", "inputs_embeds", "attention_mask", "posit
 DEEPSTACK_MASK = "visual_pos_masks"
 DEEPSTACK_FEATURES = "deepstack_visual_embeds"
 
+# Gemma 4's per-layer inputs: the decoder's token-identity part ([b, L, layers, d]), and each layer's slice of the
+# sum ([b, L, d], the layer's second positional argument).
+PER_LAYER_INPUTS = "per_layer_inputs"
+PER_LAYER_INPUT = "per_layer_input"
+
 _KEEP = object()  # "leave this argument as it was"
+KEEP = _KEEP
 
 
 def installed_version() -> str:
@@ -312,12 +318,15 @@ class DecoderCall:
         attention_mask: Any = _KEEP,
         position_ids: Any = _KEEP,
         deepstack_features: Any = _KEEP,
+        per_layer_inputs: Any = _KEEP,
     ) -> DecoderCall:
         """The same call with the given arguments replaced (`.args`, `.kwargs` are what a pre-hook returns); giving
         `inputs_embeds` drops `input_ids`."""
         args, kwargs = self.args, dict(self.kwargs)
         if deepstack_features is not _KEEP:
             kwargs[DEEPSTACK_FEATURES] = deepstack_features
+        if per_layer_inputs is not _KEEP:
+            kwargs[PER_LAYER_INPUTS] = per_layer_inputs
         if inputs_embeds is not _KEEP:
             args = args[1:] if args else args  # input_ids is the first positional argument
             kwargs["input_ids"] = None
@@ -371,6 +380,7 @@ class LayerCall:
         position_ids: [b or 1, L] (M-RoPE models pass the text row here, the 3-D positions are in the embeddings).
         position_embeddings: RoPE (cos, sin), each [b or 1, L, d].
         cache: the Cache passed in, whatever its name in this release.
+        per_layer_input: [b, L, d] Gemma 4's per-layer input of this layer (its second positional argument), or None.
     """
 
     hidden_states: torch.Tensor
@@ -380,6 +390,7 @@ class LayerCall:
     cache: Cache | None
     args: tuple[Any, ...] = field(repr=False)
     kwargs: dict[str, Any] = field(repr=False)
+    per_layer_input: torch.Tensor | None = None
 
     def check_prunable(self) -> None:
         """Layer K's call: every sequence-long argument must be one the keep plan slices."""
@@ -391,6 +402,7 @@ class LayerCall:
         attention_mask: Any = _KEEP,
         position_ids: Any = _KEEP,
         position_embeddings: Any = _KEEP,
+        per_layer_input: Any = _KEEP,
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """(args, kwargs) for a pre-hook to return, with the given arguments replaced."""
         args, kwargs = self.args, dict(self.kwargs)
@@ -399,6 +411,11 @@ class LayerCall:
                 args = (hidden_states, *args[1:])
             else:
                 kwargs["hidden_states"] = hidden_states
+        if per_layer_input is not _KEEP:
+            if len(args) > 1:
+                args = (args[0], per_layer_input, *args[2:])
+            elif PER_LAYER_INPUT in kwargs:
+                kwargs[PER_LAYER_INPUT] = per_layer_input
         for name, value in (
             ("attention_mask", attention_mask),
             ("position_ids", position_ids),
@@ -408,13 +425,16 @@ class LayerCall:
                 kwargs[name] = value
         return args, kwargs
 
-    def rerun_kwargs(self, attention_mask: Any = _KEEP) -> dict[str, Any]:
+    def rerun_kwargs(self, attention_mask: Any = _KEEP, per_layer_input: torch.Tensor | None = None) -> dict[str, Any]:
         """Keyword arguments to run layers again on other hidden states, without touching the cache (and with
-        another layer kind's `attention_mask`, when given)."""
-        kwargs = {k: v for k, v in self.kwargs.items() if k not in LAYER_CACHE_NAMES and k != "hidden_states"}
+        another layer kind's `attention_mask`, and that layer's own per-layer input, when given)."""
+        skip = {"hidden_states", PER_LAYER_INPUT}
+        kwargs = {k: v for k, v in self.kwargs.items() if k not in LAYER_CACHE_NAMES and k not in skip}
         kwargs["use_cache"] = False
         if attention_mask is not _KEEP:
             kwargs["attention_mask"] = attention_mask
+        if per_layer_input is not None:
+            kwargs[PER_LAYER_INPUT] = per_layer_input
         return kwargs
 
 
@@ -422,6 +442,12 @@ def read_layer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
     hidden = args[0] if args else kwargs.get("hidden_states")
     if not isinstance(hidden, torch.Tensor):
         raise protocol_error("a decoder layer was called without hidden states as its first argument")
+    per_layer_input = args[1] if len(args) > 1 else kwargs.get(PER_LAYER_INPUT)
+    if len(args) > 2 or (per_layer_input is not None and not isinstance(per_layer_input, torch.Tensor)):
+        raise protocol_error(
+            f"a decoder layer was called with {len(args)} positional arguments; sharp-prune knows the hidden states "
+            "and Gemma 4's per-layer input only"
+        )
     return LayerCall(
         hidden_states=hidden,
         attention_mask=kwargs.get("attention_mask"),
@@ -430,6 +456,7 @@ def read_layer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
         cache=_find_cache(kwargs, LAYER_CACHE_NAMES, "decoder layer"),
         args=args,
         kwargs=kwargs,
+        per_layer_input=per_layer_input,
     )
 
 
@@ -483,25 +510,18 @@ LAYER_KINDS = (FULL_ATTENTION, SLIDING_ATTENTION, LINEAR_ATTENTION)
 def layer_kinds(config: Any, num_layers: int, model: str = "this model") -> tuple[str, ...]:
     """The kind of each decoder layer (`config.layer_types`; a config without it has full attention everywhere).
 
-    Refuses what the engine cannot prune: bidirectional attention, Gemma 4's per-layer inputs and shared keys and
-    values, and a layer kind other than `LAYER_KINDS` (chunked attention, ...), with `UnsupportedModelError`.
+    Refuses what the engine cannot prune, with `UnsupportedModelError`: bidirectional attention over the whole
+    sequence, and a layer kind other than `LAYER_KINDS` (chunked attention, ...). Gemma 4's
+    `use_bidirectional_attention="vision"` is causal outside images and frames: its sliding layers attend both ways
+    inside each one, which the masks the layers receive already say (they are sliced, never rebuilt).
     """
-    if getattr(config, "use_bidirectional_attention", False):
+    bidirectional = getattr(config, "use_bidirectional_attention", None)
+    if bidirectional and bidirectional != "vision":
         raise UnsupportedModelError(
-            f"{model} attends bidirectionally (config.use_bidirectional_attention); sharp-prune scores and prunes "
-            "causal decoders only."
+            f"{model} attends bidirectionally (config.use_bidirectional_attention={bidirectional!r}); sharp-prune "
+            "scores and prunes causal decoders only (attention both ways inside each image or frame, 'vision', is "
+            "supported)."
         )
-    # Gemma 4's per-layer inputs (one more sequence-long tensor per layer) and layers that reuse another layer's
-    # keys and values: neither follows the keep plan yet.
-    for name, what in (
-        ("hidden_size_per_layer_input", "per-layer inputs"),
-        ("num_kv_shared_layers", "layers sharing another layer's keys and values"),
-    ):
-        if getattr(config, name, 0):
-            raise UnsupportedModelError(
-                f"{model} has {what} (config.{name}={getattr(config, name)}), which sharp-prune does not slice yet; "
-                "a text stack without them (Gemma 3, or this config with it set to 0) is supported."
-            )
     kinds = tuple(getattr(config, "layer_types", None) or (FULL_ATTENTION,) * num_layers)
     unknown = sorted(set(kinds) - set(LAYER_KINDS))
     if unknown:
@@ -510,6 +530,61 @@ def layer_kinds(config: Any, num_layers: int, model: str = "this model") -> tupl
             f"{list(LAYER_KINDS)} only."
         )
     return kinds[:num_layers]
+
+
+def kv_sources(config: Any, num_layers: int, model: str = "this model") -> tuple[int, ...]:
+    """The layer whose keys and values each decoder layer attends to: itself, or, for Gemma 4's KV-sharing layers
+    (`config.kv_sharing_modes`: "reuse"), the last earlier layer of its kind that stores them ("store"). A shared
+    layer writes nothing to the cache; when decoding, its keys are what its source layer's cache holds."""
+    modes = getattr(config, "kv_sharing_modes", None) if getattr(config, "num_kv_shared_layers", 0) else None
+    if not modes:
+        return tuple(range(num_layers))
+    kinds = tuple(getattr(config, "layer_types", None) or (FULL_ATTENTION,) * num_layers)
+    sources = []
+    for index in range(num_layers):
+        if modes[index] != "reuse":
+            sources.append(index)
+            continue
+        stores = [j for j in range(index) if modes[j] == "store" and kinds[j] == kinds[index]]
+        if not stores:
+            raise UnsupportedModelError(
+                f"{model}: decoder layer {index} reuses keys and values computed outside the model "
+                "(config.num_kv_shared_layers covers every layer of its kind); sharp-prune prunes a decoder whose "
+                "shared keys and values come from its own earlier layers only."
+            )
+        sources.append(stores[-1])
+    return tuple(sources)
+
+
+def per_layer_input_size(decoder: nn.Module) -> int:
+    """Width of Gemma 4's per-layer inputs (`hidden_size_per_layer_input`; 0: the decoder has none).
+
+    A decoder with them hands each layer one more sequence-long tensor (`per_layer_input`, [b, L, d]): the
+    token-identity part (`get_per_layer_inputs`, or the decoder call's `per_layer_inputs`) plus a projection of the
+    input embeddings (`project_per_layer_inputs`).
+    """
+    return int(getattr(decoder.config, "hidden_size_per_layer_input", 0) or 0)
+
+
+def per_layer_token_inputs(decoder: nn.Module, call: DecoderCall) -> torch.Tensor:
+    """[b, L, layers, d] the token-identity part of the per-layer inputs of this decoder call: as passed
+    (`per_layer_inputs`, a VLM's: every image or video token counts as the pad token), else looked up from
+    `input_ids` by the decoder's own `get_per_layer_inputs`."""
+    given = call.kwargs.get(PER_LAYER_INPUTS)
+    if given is not None:
+        return given
+    if call.input_ids is None:
+        raise InputError(
+            "this decoder takes per-layer inputs, computed from input_ids; call it with input_ids or with "
+            "per_layer_inputs while pruning is applied."
+        )
+    return decoder.get_per_layer_inputs(call.input_ids)
+
+
+def project_per_layer_inputs(decoder: nn.Module, embeds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """[b, L, layers, d] the per-layer inputs the decoder derives from input embeddings `embeds` and the
+    token-identity part `tokens` (its own `project_per_layer_inputs`); layer i gets [:, :, i]."""
+    return decoder.project_per_layer_inputs(embeds, tokens)
 
 
 def layer_windows(config: Any, num_layers: int, model: str = "this model") -> tuple[int | None, ...]:

@@ -44,6 +44,9 @@ class Parts:
         score_layer: the layer whose attention scores the video tokens: K-1, or the last full-attention layer
             below K on a model with sliding-window or linear-attention layers (`steps.sliding.score_layer`).
         kinds: each decoder layer's kind (`hf.layer_kinds`): full, sliding or linear attention.
+        kv_sources: the layer whose keys and values each layer attends to (`hf.kv_sources`: itself, or Gemma 4's
+            KV-sharing layers' source).
+        per_layer: the decoder hands each layer a per-layer input (Gemma 4, `hf.per_layer_input_size`).
     """
 
     config: PruneConfig
@@ -59,6 +62,8 @@ class Parts:
     windows: tuple[int | None, ...] = ()
     score_layer: int = 0
     kinds: tuple[str, ...] = ()
+    kv_sources: tuple[int, ...] = ()
+    per_layer: bool = False
 
     @property
     def k(self) -> int:
@@ -122,7 +127,7 @@ class Decode(Forward):
     the same columns (and, after a pre-LLM stage, every layer's: the decoder's inputs are adjusted). A sliding
     layer >= K gets its window, in original positions, over what its own cache holds (`decode_window_mask`). A
     linear-attention layer is left alone: its mask is the step's own 2-D padding mask (or None), already local, and
-    its state holds no columns to cut."""
+    its state holds no columns to cut. A KV-sharing layer (Gemma 4) attends to its source layer's cache."""
 
     def __init__(
         self,
@@ -130,11 +135,13 @@ class Decode(Forward):
         pre: KeepPlan | None,
         windows: tuple[int | None, ...] = (),
         kinds: tuple[str, ...] = (),
+        kv_sources: tuple[int, ...] = (),
     ) -> None:
         self.plan = plan
         self.pre = pre
         self.windows = windows
         self.kinds = kinds
+        self.kv_sources = kv_sources
         self._cut: dict[int, Any] = {}
 
     def enter_decoder(self, decoder: nn.Module, call: hf.DecoderCall) -> Replacement:
@@ -152,9 +159,10 @@ class Decode(Forward):
         if index < len(self.kinds) and self.kinds[index] == hf.LINEAR_ATTENTION:
             return None
         window = self.windows[index] if index < len(self.windows) else None
+        source = self.kv_sources[index] if index < len(self.kv_sources) else index
         cut = self._cut.get(id(mask))
         if cut is None and window is not None:
-            cached, new, plan = hf.cache_length(call.cache, index), call.hidden_states.shape[1], self.plan
+            cached, new, plan = hf.cache_length(call.cache, source), call.hidden_states.shape[1], self.plan
             cut = self._cut[id(mask)] = decode_window_mask(
                 mask, plan.index, plan.kept_valid, plan.seq_len, cached, new, window
             )
@@ -163,7 +171,7 @@ class Decode(Forward):
         if cut is None:
             cut = self._cut[id(mask)] = slice_mask(mask, None, decode_columns(self.plan, mask.shape[-1]))
         new = call.hidden_states.shape[1]
-        expected = hf.cache_length(call.cache, index) + new
+        expected = hf.cache_length(call.cache, source) + new
         if cut.shape[-1] != expected:
             raise hf.protocol_error(
                 f"decoding: decoder layer {index} caches {expected - new} tokens, but its attention mask, cut to the "

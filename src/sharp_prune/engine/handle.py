@@ -27,7 +27,7 @@ from ..record import PruneRecord
 from ..steps.keep_plan import KeepPlan
 from ..steps.locate import checked_frame_map, locate
 from ..steps.record import empty_record
-from ..steps.sliding import check_linear_layer_k, score_layer
+from ..steps.sliding import check_linear_layer_k, check_shared_kv_k, score_layer
 from . import attention as attn
 from .forward import Decode, Forward, NoVideoPrefill, Parts
 from .prefill import Prefill
@@ -58,6 +58,14 @@ class PruneHandle:
         kinds = hf.layer_kinds(self._decoder.config, len(layers), name)
         windows = hf.layer_windows(self._decoder.config, len(layers), name)
         check_linear_layer_k(kinds, config.layer, name)
+        sources = hf.kv_sources(self._decoder.config, len(layers), name)
+        check_shared_kv_k(sources, config.layer, name)
+        per_layer = hf.per_layer_input_size(self._decoder) > 0
+        if per_layer and config.pre is not None:
+            raise ConfigError(
+                f"{name} hands each decoder layer a per-layer input, which the pre-LLM stage ({config.pre}) does not "
+                "merge yet; prune without it (pre=None)."
+            )
         self._attention_modules = hf.attention_modules(layers, kinds)
         self._parts = Parts(
             config=config,
@@ -68,6 +76,8 @@ class PruneHandle:
             windows=windows,
             score_layer=score_layer(windows, config.layer, name, kinds) if config.query != "none" else 0,
             kinds=kinds,
+            kv_sources=sources,
+            per_layer=per_layer,
         )
         self._use_base_implementation(hf.attention_implementation(self._decoder.config))
         self._forward_params = hf.forward_parameters(model)
@@ -224,8 +234,13 @@ class PruneHandle:
         """What this call is: a decoding step after our prefill, a prefill (with or without video), or other."""
         if not call.is_prefill:
             if self._written is not None and self._written[0]() is call.cache:
+                parts = self._parts
                 return Decode(
-                    plan=self._written[1], pre=self._written[2], windows=self._parts.windows, kinds=self._parts.kinds
+                    plan=self._written[1],
+                    pre=self._written[2],
+                    windows=parts.windows,
+                    kinds=parts.kinds,
+                    kv_sources=parts.kv_sources,
                 )
             return Forward()
         hf.check_dynamic_cache(call.cache)

@@ -67,8 +67,11 @@ class Prefill(Forward):
         self.plan: KeepPlan | None = None
         self.cache_at_k: weakref.ref | None = None  # the cache layer K received (decoding continues from it)
         self._sliced: dict[int, Any] = {}  # id(a layer argument) -> the same, sliced to the keep plan
+        self._tail_checked = 0  # q, once the last q kept positions were checked to be the prefill's last q
         self.deepstack: DeepStack | None = None  # DeepStack's features of layers >= K (added after pruning)
         self.deepstack_call: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # all of them (the blank pass)
+        self.decoder: nn.Module | None = None
+        self.per_layer_tokens: torch.Tensor | None = None  # [b, L, layers, d] per-layer inputs' token part (Gemma 4)
         if self.config.needs_prior and parts.adapter.blank_frame_needs_grid and located.layout.grid is None:
             raise InputError(mixed_frame_sizes(parts.adapter.name))
 
@@ -82,9 +85,17 @@ class Prefill(Forward):
         if not (config.needs_segments or config.needs_prior or config.pre is not None):
             return call.hook_result if call is not original else None
         embeds = call.inputs_embeds
+        if self.parts.per_layer and (config.needs_prior or embeds is None):
+            # The per-layer inputs' token part: the blank pass projects its own embeddings with it, and a decoder
+            # handed embeddings instead of ids would otherwise recover the ids by matching the embedding table.
+            self.decoder = decoder
+            self.per_layer_tokens = hf.per_layer_token_inputs(decoder, call)
         if embeds is None:  # hand the decoder the embeddings computed here, so that the lookup runs once
             embeds = hf.embed_tokens(decoder, call.input_ids)
-            call = call.replaced(inputs_embeds=embeds)
+            if self.per_layer_tokens is not None:
+                call = call.replaced(inputs_embeds=embeds, per_layer_inputs=self.per_layer_tokens)
+            else:
+                call = call.replaced(inputs_embeds=embeds)
         if config.pre == "temporal_merge":
             call.check_resizable()
             self.pre = temporal_merge(
@@ -275,9 +286,16 @@ class Prefill(Forward):
         masks = self._blank_pass_masks(call)
         deepstack = self._blank_deepstack(embeds.dtype)
         with self._scoring_into(blank), torch.no_grad(), hf.outputs_not_captured():
+            # Gemma 4: each layer's per-layer input, from the blank copy's embeddings (a VLM's token part is the pad
+            # token's at every video position, black frame or not; a text LM's keeps its real tokens')
+            per_layer = None
+            if self.per_layer_tokens is not None:
+                per_layer = hf.project_per_layer_inputs(self.decoder, embeds, self.per_layer_tokens)
             hidden = embeds
             for index, layer in enumerate(parts.layers[: parts.score_layer + 1]):  # the layers above cannot matter
-                hidden = layer(hidden, **call.rerun_kwargs(attention_mask=masks[index]))  # same positions, no cache
+                layer_input = None if per_layer is None else per_layer[:, :, index]
+                # same positions, no cache
+                hidden = layer(hidden, **call.rerun_kwargs(attention_mask=masks[index], per_layer_input=layer_input))
                 if index < len(deepstack):
                     hidden = hidden + deepstack[index]
         if blank.scores is None:
@@ -366,15 +384,17 @@ class Prefill(Forward):
             )
 
     def apply_plan(self, call: hf.LayerCall) -> Replacement:
-        """Slice layer K's hidden states, positions and mask to the keep plan, together."""
+        """Slice layer K's hidden states, positions, mask and per-layer input to the keep plan, together."""
         if self.plan.is_identity:
             return None
+        self.check_per_layer_input(call)
         sliced = slice_layer_inputs(
             call.hidden_states,
             self.plan,
             position_embeddings=call.position_embeddings,
             position_ids=call.position_ids,
             attention_mask=call.attention_mask,
+            per_layer_input=call.per_layer_input,
             drop_position_ids=self.parts.drop_position_ids,
         )
         for original, value in (
@@ -389,28 +409,79 @@ class Prefill(Forward):
             position_embeddings=sliced.position_embeddings,
             position_ids=sliced.position_ids,
             attention_mask=sliced.attention_mask,
+            per_layer_input=sliced.per_layer_input if call.per_layer_input is not None else hf.KEEP,
         )
+
+    def check_per_layer_input(self, call: hf.LayerCall) -> None:
+        """A second positional tensor is Gemma 4's per-layer input, on a decoder that declares them only."""
+        if call.per_layer_input is not None and not self.parts.per_layer:
+            raise hf.protocol_error(
+                "a decoder layer received a second positional tensor, and its config declares no per-layer inputs "
+                "(hidden_size_per_layer_input)"
+            )
 
     # ---------------------------------------------------------------------------- layers K+1..L-1
     def follow(self, index: int, call: hf.LayerCall) -> Replacement:
         """Later layers get the same sliced arguments (or their own, sliced once: a mask per layer type; a sliding
-        layer's mask, cut to the kept tokens, keeps its window in original positions)."""
+        layer's mask, cut to the kept tokens, keeps its window in original positions; each layer's per-layer input).
+
+        Gemma 4 runs its KV-sharing layers on the last `logits_to_keep` query rows only (under `generate`): the
+        hidden states then hold the last q kept tokens, and the model has cut its own arguments to the last q
+        original rows, the same tokens (the last position is never pruned). Arguments still as long as the
+        prefill are cut to those rows here; the mask's columns to the kept tokens, which the shared keys hold.
+        """
         if self.plan is None:
             return None
         hidden = self.add_late_deepstack(index, call)
         if self.plan.is_identity:
             return None if hidden is None else call.replaced(hidden_states=hidden)
         call.check_prunable()
-        keep = self.plan.index
+        self.check_per_layer_input(call)
+        keep, seq_len = self.plan.index, self.located.seq_len
+        rows = self.query_rows(call.hidden_states.shape[1])
+
+        def cut(t: torch.Tensor, dim: int, slicer: Any) -> torch.Tensor:  # as long as the prefill: to the rows
+            return slicer(t, rows) if t.shape[dim] == seq_len else t
+
         position_ids = None
         if not self.parts.drop_position_ids:
-            position_ids = self._once(call.position_ids, lambda t: slice_position_ids(t, keep))
+            position_ids = self._once(call.position_ids, lambda t: cut(t, -1, slice_position_ids))
+        per_layer = call.per_layer_input
         return call.replaced(
             hidden_states=call.hidden_states if hidden is None else hidden,
-            position_embeddings=self._once(call.position_embeddings, lambda t: slice_position_embeddings(t, keep)),
+            position_embeddings=self._once(
+                call.position_embeddings,
+                lambda pe: slice_position_embeddings(pe, rows) if pe[0].shape[-2] == seq_len else pe,
+            ),
             position_ids=position_ids,
-            attention_mask=self._once(call.attention_mask, lambda m: slice_mask(m, keep, keep)),
+            attention_mask=self._once(
+                call.attention_mask,
+                lambda m: slice_mask(m, rows if m.ndim != 4 or m.shape[2] == seq_len else None, keep),
+            ),
+            per_layer_input=hf.KEEP if per_layer is None else cut(per_layer, 1, lambda t, r: gather_along(t, r, dim=1)),
         )
+
+    def query_rows(self, rows: int) -> torch.Tensor:
+        """[b, q] original positions of a later layer's q query rows: every kept token, or (Gemma 4's KV-sharing
+        layers) the last q of them, which must be the prefill's last q positions as the model assumes."""
+        keep = self.plan.index
+        if rows == keep.shape[1]:
+            return keep
+        if rows > keep.shape[1]:
+            raise hf.protocol_error(
+                f"a decoder layer after K received {rows} positions, the keep plan kept {keep.shape[1]}"
+            )
+        tail = keep[:, -rows:]
+        # one row is the last position, never pruned; more need a look (a host sync, once)
+        if rows > 1 and self._tail_checked != rows:
+            expected = torch.arange(self.located.seq_len - rows, self.located.seq_len, device=keep.device)
+            if not bool((tail == expected).all()):
+                raise hf.protocol_error(
+                    f"the model kept only the last {rows} query rows after K (logits_to_keep), and some of "
+                    "those positions were pruned; call it with logits_to_keep=1 or 0 while pruning"
+                )
+            self._tail_checked = rows
+        return tail
 
     def add_late_deepstack(self, index: int, call: hf.LayerCall) -> torch.Tensor | None:
         """Layer j + 1's call, j >= K: the hidden states plus DeepStack's features of layer j at the kept visual

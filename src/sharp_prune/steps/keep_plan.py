@@ -123,6 +123,7 @@ class LayerInputs:
     position_embeddings: tuple[torch.Tensor, ...] | None
     position_ids: torch.Tensor | None
     attention_mask: Any
+    per_layer_input: torch.Tensor | None = None
 
 
 def slice_position_embeddings(position_embeddings: tuple[torch.Tensor, ...], index: torch.Tensor) -> tuple:
@@ -143,6 +144,7 @@ def slice_layer_inputs(
     position_embeddings: tuple[torch.Tensor, ...] | None = None,
     position_ids: torch.Tensor | None = None,
     attention_mask: Any = None,
+    per_layer_input: torch.Tensor | None = None,
     drop_position_ids: bool = False,
 ) -> LayerInputs:
     """Slice a decoder layer's hidden states and its position and mask inputs to the keep plan, together.
@@ -151,6 +153,7 @@ def slice_layer_inputs(
         hidden_states: [b, L, D] layer input.
         plan: the keep plan.
         position_embeddings, position_ids, attention_mask: the layer's inputs (None where absent).
+        per_layer_input: [b, L, d] Gemma 4's per-layer input of the layer (None where absent).
         drop_position_ids: set `position_ids` to None (flash attention reads gaps in them as packed
             sequences; RoPE is already in `position_embeddings`).
     """
@@ -167,4 +170,5 @@ def slice_layer_inputs(
         else slice_position_embeddings(position_embeddings, index),
         position_ids=None if drop_position_ids or position_ids is None else slice_position_ids(position_ids, index),
         attention_mask=slice_mask(attention_mask, index, index),
+        per_layer_input=None if per_layer_input is None else gather_along(per_layer_input, index, dim=1),
     )

@@ -11,6 +11,9 @@ sequence were the input) let those layers see up to N tokens back, and on Gemma 
 accuracy (docs/benchmarks.md). In the prefill this is the model's own mask cut to the kept rows and columns; when
 decoding, `decode_window_mask` rebuilds it over what transformers' sliding cache holds.
 
+Gemma 4's KV-sharing layers attend to the keys and values of an earlier layer of their kind (`hf.kv_sources`), so
+K must be at or below every such source (`check_shared_kv_k`): the sources then cache the kept tokens only.
+
 A linear-attention layer (Gated DeltaNet) has no attention scores either: it folds the sequence into a recurrent
 state. Layers >= K build that state from the kept tokens only (the kept sequence, run directly); their 2-D padding
 mask is cut to the kept positions in the prefill and is already local when decoding.
@@ -69,6 +72,22 @@ def check_linear_layer_k(kinds: Sequence[str], k: int, model: str = "this model"
     raise ConfigError(
         f"layer K={k}: decoder layers 0..{k - 1} of {model} are all linear-attention (or sliding) layers; the cache's "
         f"length is read from the first full-attention layer, which must see the whole prefill: pick {legal}."
+    )
+
+
+def check_shared_kv_k(kv_sources: Sequence[int], k: int, model: str = "this model") -> None:
+    """Gemma 4's KV-sharing layers attend to keys and values another layer computed (`hf.kv_sources`). Pruned
+    queries need pruned keys: a sharing layer at or after K needs its source at or after K too. Raises
+    `ConfigError` naming the largest legal K."""
+    late = [(index, source) for index, source in enumerate(kv_sources) if index >= k and source < k]
+    if not late:
+        return
+    sources = sorted({source for index, source in enumerate(kv_sources) if source != index})
+    index, source = late[0]
+    raise ConfigError(
+        f"layer K={k}: decoder layer {index} of {model} reuses the keys and values of layer {source}, which runs "
+        f"before K on the unpruned sequence; pick K <= {sources[0]} (layers that store shared keys and values: "
+        f"{sources})."
     )
 
 
