@@ -66,8 +66,11 @@ def reference_logits(
     """Logits of the kept positions for a batch of one unpadded sample (causal sdpa, no mask).
 
     `keep_index` holds the original positions that continue past `layer`; `pre_index`, when given, the
-    original positions that enter layer 0 (a pre-LLM stage). Both keep original RoPE positions.
+    original positions that enter layer 0 (a pre-LLM stage). Both keep original RoPE positions. A decoder whose
+    layers differ in kind, or take per-layer inputs (Gemma 4), runs through `_gemma4_reference`.
     """
+    if "per_layer_input" in inspect.signature(decoder.layers[0].forward).parameters:
+        return _gemma4_reference(model, decoder, inputs, keep_index.view(-1), layer)
     embeds, positions, deepstack = decoder_inputs_and_deepstack(model, decoder, inputs)
     cos, sin = decoder.rotary_emb(embeds, positions)
     entering = pre_index.view(-1) if pre_index is not None else torch.arange(embeds.shape[1])
@@ -84,6 +87,70 @@ def reference_logits(
         if j < len(deepstack):
             hidden = hidden + deepstack[j][:, keep]
     return model.lm_head(decoder.norm(hidden))
+
+
+def _vision_blocks(inputs: dict, length: int) -> torch.Tensor | None:
+    """[L] id of the run of consecutive image/video tokens each position is in (-1 for text), from the processor's
+    `mm_token_type_ids` (Gemma 4's sliding layers attend both ways inside one run); None without them."""
+    types = inputs.get("mm_token_type_ids")
+    if types is None:
+        return None
+    types = torch.nn.functional.pad(types[0], (0, length - types.shape[1]))
+    vision = types > 0
+    starts = vision & ~torch.cat([torch.tensor([False]), vision[:-1]])
+    return torch.where(vision, torch.cumsum(starts.long(), 0) - 1, -1)
+
+
+def _gemma4_reference(
+    model: nn.Module, decoder: nn.Module, inputs: dict, keep: torch.Tensor, layer: int
+) -> torch.Tensor:
+    """Gemma 4: RoPE per layer kind; full layers causal, sliding layers causal inside the window (in original
+    positions) or both ways inside one frame; per-layer inputs projected from the decoder's input embeddings and
+    token part; KV-sharing layers read their source's keys (`shared_kv_states`); layers >= `layer` see kept rows."""
+    captured: dict = {}
+    hook = decoder.register_forward_pre_hook(lambda m, a, kw: captured.update(kw), with_kwargs=True)
+    try:
+        model(**inputs, use_cache=False)
+    finally:
+        hook.remove()
+    config = decoder.config
+    embeds = captured.get("inputs_embeds")
+    if embeds is None:
+        embeds = decoder.embed_tokens(inputs["input_ids"])
+    length = embeds.shape[1]
+    positions = torch.arange(length)[None]
+    rope = {kind: decoder.rotary_emb(embeds, positions, kind) for kind in set(config.layer_types)}
+    tokens = captured.get("per_layer_inputs")
+    if tokens is None:
+        tokens = decoder.get_per_layer_inputs(inputs["input_ids"])
+    per_layer = decoder.project_per_layer_inputs(embeds, tokens)
+    blocks = _vision_blocks(inputs, length) if config.use_bidirectional_attention == "vision" else None
+    shared: dict = {}
+    hidden, current = embeds, torch.arange(length)
+    for index, block in enumerate(decoder.layers):
+        if index == layer:
+            current = keep
+            hidden = hidden[:, current]
+        kind = config.layer_types[index]
+        distance = current[:, None] - current[None, :]
+        allowed = distance >= 0
+        if kind == "sliding_attention":
+            if blocks is not None:
+                rows = blocks[current]
+                allowed = allowed | ((rows[:, None] == rows[None, :]) & (rows[:, None] >= 0))
+            allowed = allowed & (distance < config.sliding_window)  # kv > q - W; a frame reaches forward
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+        cos, sin = rope[kind]
+        hidden = block(
+            hidden,
+            per_layer[:, current, index],
+            shared_kv_states=shared,
+            attention_mask=mask.to(hidden.dtype),
+            position_embeddings=(cos[:, current], sin[:, current]),
+        )
+    logits = model.lm_head(decoder.norm(hidden))
+    cap = getattr(config, "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
 def _causal(positions: torch.Tensor, window: int | None) -> torch.Tensor:

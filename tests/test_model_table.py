@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 import sharp_prune as sp
 from sharp_prune.models import FAMILIES, REFUSED
 
@@ -44,30 +42,17 @@ def test_every_refused_family_is_in_the_table_as_refused():
     assert set(table) == set(FAMILIES) | {"generic"} | refused  # no row of another status
 
 
-def test_gemma4_is_refused_at_apply_naming_the_reason_and_the_nearest_family():
+def test_gemma4_resolves_to_its_adapter_and_applies():
+    """Gemma 4 was refused until the engine sliced its bidirectional frames, per-layer inputs and shared KV."""
     import transformers
 
-    text = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        global_head_dim=32,
-        vocab_size=300,
-        vocab_size_per_layer_input=300,
-        layer_types=["sliding_attention", "full_attention"],
-        sliding_window=8,
-    )
-    vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2
-    )
-    config = transformers.Gemma4Config(text_config=text, vision_config=vision, audio_config=None)
-    model = transformers.Gemma4ForConditionalGeneration(config)
-    layers_before = [dict(layer._forward_pre_hooks) for layer in model.model.language_model.layers]
-    with pytest.raises(sp.UnsupportedModelError, match="bidirectional.*nearest supported family is qwen3_vl"):
-        sp.apply(model, method="fastv")
-    # nothing left half-applied: no hooks, the attention implementation as it was
-    assert [dict(layer._forward_pre_hooks) for layer in model.model.language_model.layers] == layers_before
-    assert not model.config.text_config._attn_implementation.startswith("sharp_prune")
+    from sharp_prune.models import resolve_adapter
+    from sharp_prune.models.gemma4 import tiny_gemma4_config
+
+    model = transformers.Gemma4ForConditionalGeneration(tiny_gemma4_config(2)).eval()
+    assert resolve_adapter(model) is FAMILIES["gemma4"]
+    assert resolve_adapter(model.model) is FAMILIES["gemma4"]
+    assert "gemma4" not in {refusal.family for refusal in REFUSED}
+    with sp.apply(model, method="fastv", layer=1) as handle:
+        assert handle.adapter.name == "gemma4"
+    assert not any(layer._forward_pre_hooks for layer in model.model.language_model.layers)

@@ -240,6 +240,7 @@ class ModelCall:
         cache: the Cache passed in, whatever its name in this release.
         pixel_values_videos, video_grid_thw: raw video inputs; None under `generate`, which encodes the video
             before the prefill and passes `mm_encoder_outputs` instead.
+        video_position_ids: Gemma 4's [frames, patches, 2] (x, y) of each frame's patches; None under `generate`.
     """
 
     input_ids: torch.Tensor | None
@@ -249,6 +250,7 @@ class ModelCall:
     cache: Cache | None
     pixel_values_videos: torch.Tensor | None
     video_grid_thw: torch.Tensor | None
+    video_position_ids: torch.Tensor | None = None
 
     @property
     def reference(self) -> torch.Tensor:
@@ -283,6 +285,7 @@ def read_model_call(parameters: list[str], args: tuple[Any, ...], kwargs: Mappin
         cache=_find_cache(inputs, MODEL_CACHE_NAMES, "model"),
         pixel_values_videos=inputs.get("pixel_values_videos"),
         video_grid_thw=inputs.get("video_grid_thw"),
+        video_position_ids=inputs.get("video_position_ids"),
     )
 
 
@@ -640,10 +643,21 @@ def eager_attention_of(attention_module: nn.Module) -> Callable[..., Any]:
 
 
 def rope_function_of(attention_module: nn.Module) -> Callable[..., Any] | None:
-    """The model file's own `apply_rotary_pos_emb(q, k, cos, sin)`, which its attention calls (every 5.x text model
-    defines one): it knows the model's rotation (rotate-half or interleaved pairs, GLM-4V) and partial rotary
-    dimensions. None when the file has none."""
-    return getattr(sys.modules.get(type(attention_module).__module__), "apply_rotary_pos_emb", None)
+    """The model file's own `apply_rotary_pos_emb`, which its attention calls (every 5.x text model defines one),
+    as a function of (q, k, cos, sin) -> (q, k): it knows the model's rotation (rotate-half or interleaved pairs,
+    GLM-4V) and partial rotary dimensions. Gemma 4's rotates one tensor at a time, (x, cos, sin); it is called on
+    q and k in turn. None when the file has none."""
+    function = getattr(sys.modules.get(type(attention_module).__module__), "apply_rotary_pos_emb", None)
+    if function is None:
+        return None
+    parameters = list(inspect.signature(function).parameters)
+    if parameters[1:3] == ["cos", "sin"]:  # one tensor: (x, cos, sin, unsqueeze_dim)
+
+        def both(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple:
+            return function(query, cos, sin), function(key, cos, sin)
+
+        return both
+    return function
 
 
 def attention_function(name: str, attention_module: nn.Module) -> Callable[..., Any]:

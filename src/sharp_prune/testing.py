@@ -97,7 +97,15 @@ def sample_of(inputs: dict[str, torch.Tensor], index: int) -> dict[str, torch.Te
         "input_ids": inputs["input_ids"][index][real][None],
         "attention_mask": inputs["attention_mask"][index][real][None],
     }
-    if "video_grid_thw" in inputs:
+    if "num_frames_per_video" in inputs:  # Gemma 4: every sample's frames, one sample after another
+        counts = inputs["num_frames_per_video"]
+        start = int(counts[:index].sum())
+        frames = slice(start, start + int(counts[index]))
+        out["pixel_values_videos"] = inputs["pixel_values_videos"][frames]
+        out["video_position_ids"] = inputs["video_position_ids"][frames]
+        out["num_frames_per_video"] = counts[index : index + 1]
+        out["mm_token_type_ids"] = inputs["mm_token_type_ids"][index][real][None]
+    elif "video_grid_thw" in inputs:
         per_video = int(inputs["video_grid_thw"][index].prod())
         out["pixel_values_videos"] = inputs["pixel_values_videos"][index * per_video : (index + 1) * per_video]
         out["video_grid_thw"] = inputs["video_grid_thw"][index : index + 1]

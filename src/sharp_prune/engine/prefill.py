@@ -73,7 +73,7 @@ class Prefill(Forward):
         self.decoder: nn.Module | None = None
         self.per_layer_tokens: torch.Tensor | None = None  # [b, L, layers, d] per-layer inputs' token part (Gemma 4)
         if self.config.needs_prior and parts.adapter.blank_frame_needs_grid and located.layout.grid is None:
-            raise InputError(mixed_frame_sizes(parts.adapter.name))
+            raise InputError(mixed_frame_sizes(parts.adapter.name, parts.adapter.grid_hint))
 
     # ---------------------------------------------------------------------------- before layer 0
     def enter_decoder(self, decoder: nn.Module, call: hf.DecoderCall) -> Replacement:

@@ -153,6 +153,8 @@ PRUNING_PATH_SYNCS: dict[str, str] = {
     "N sets every shape after it (budget, keep plan)",
     "steps/locate.py:locate": "once: padding inside the video, whether the prompt ends in a video token, and the "
     "text rows after the video (the query rows' shape)",
+    "models/gemma4.py:_frame_grid": "once (Gemma 4): each frame's token count, the frames, and with "
+    "`video_position_ids` each frame's patch rows and columns, to find the frame size and check it",
     "models/glm4v.py:_grid_from_grids": "once (GLM-4V): `video_grid_thw` and each sample's video tokens, frames "
     "and frame sizes, to check the frames against the grids",
     "models/glm4v.py:_grid_from_positions": "under `generate` only (GLM-4V, no grid): the frame size, from the first "

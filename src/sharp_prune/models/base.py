@@ -73,6 +73,7 @@ class ModelAdapter:
         blank_frame: input embeddings of one content-free (black) frame, for PosC's prior.
         blank_frame_needs_grid: the blank frame is built at the layout's frame size, so every video of a batch
             must have the same one (checked before layer 0).
+        grid_hint: said after the refusal when the frame size is unknown (the family's own case).
         blank_deepstack: [levels, P, D] DeepStack features of the same black frame (Qwen3-VL), which the blank
             pass adds where the real pass adds the video's; None for a family without DeepStack.
         model_types: `config.model_type` of this family's checkpoints (`run`, the lmms-eval wrapper).
@@ -90,6 +91,7 @@ class ModelAdapter:
     locate: LocateFn
     blank_frame: BlankFrameFn | None = None
     blank_frame_needs_grid: bool = False
+    grid_hint: str = ""
     blank_deepstack: BlankFrameFn | None = None
     model_types: tuple[str, ...] = ()
     processor_class: str | None = None
@@ -127,12 +129,13 @@ def input_ids_or_raise(adapter_name: str, call: ModelCall) -> torch.Tensor:
     return input_ids
 
 
-def mixed_frame_sizes(adapter_name: str) -> str:
-    """Why a batch whose videos differ in frame size cannot get PosC's black frame, and what to do."""
+def mixed_frame_sizes(adapter_name: str, hint: str = "") -> str:
+    """Why a batch whose frame size is unknown or differs between videos cannot get PosC's black frame, and what
+    to do (`hint`: the family's own case, `ModelAdapter.grid_hint`)."""
     return (
-        f"{adapter_name}: the videos of this batch have different frame sizes, and PosC's black frame is built at "
-        "one size; resize the videos to one size (e.g. the processor's min_pixels / max_pixels), run them one at a "
-        "time, or prune without PosC (posc=False)."
+        f"{adapter_name}: the videos of this batch have different frame sizes (or the call does not say the size), "
+        "and PosC's black frame is built at one known size; resize the videos to one size (e.g. the processor's "
+        f"min_pixels / max_pixels), run them one at a time, or prune without PosC (posc=False).{hint}"
     )
 
 

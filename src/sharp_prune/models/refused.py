@@ -33,21 +33,7 @@ class Refusal:
         )
 
 
-REFUSED: tuple[Refusal, ...] = (
-    Refusal(
-        family="gemma4",
-        class_names=("Gemma4ForConditionalGeneration", "Gemma4Model"),
-        reason=(
-            "its text layers attend bidirectionally inside each image or frame (use_bidirectional_attention="
-            "'vision'), and its small checkpoints add per-layer inputs and share KV caches between layers; the keep "
-            "plan slices none of these yet (a Gemma 4 text stack without them runs through the generic adapter)"
-        ),
-        nearest=(
-            "qwen3_vl for video (Gemma 3 and plain Gemma 4 text stacks, sliding-window layers included: the generic "
-            "adapter)"
-        ),
-    ),
-)
+REFUSED: tuple[Refusal, ...] = ()
 
 
 def refusal_for(class_name: str) -> Refusal | None:
