@@ -21,6 +21,7 @@ pytest.importorskip("av")
 import sharp_prune as sp  # noqa: E402
 from sharp_prune.testing import (  # noqa: E402
     synthetic_video,
+    tiny_internvl_checkpoint,
     tiny_llava_onevision_checkpoint,
     tiny_qwen_vl_checkpoint,
 )
@@ -38,7 +39,7 @@ def workdir(tmp_path_factory) -> Path:
     """A folder with the task's data.jsonl (DOCS synthetic videos) and a tiny checkpoint."""
     folder = tmp_path_factory.mktemp("lmms")
     tiny_llava_onevision_checkpoint(folder / "ckpt")
-    for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+    for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"):
         tiny_qwen_vl_checkpoint(folder / family, family)
     rows = []
     for i in range(DOCS):
@@ -297,3 +298,99 @@ def test_the_cli_evaluates_a_pruned_qwen3_vl(workdir):
         assert row["kept_visual_tokens"] == sp.PruneConfig(method="sharp", retention=0.2).budget(visual)
     summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
     assert summary["requests"] == DOCS and summary["failed"] == 0 and summary["model"] == "sharp_qwen3_vl"
+
+
+# ------------------------------------------------------------------------------------------------- Qwen3.5
+# lmms-eval's default for sharp_qwen3_5 is the chat wrapper (chat/qwen3_5.py: Qwen3-VL's chat `generate_until` on
+# the simple qwen3_5's defaults). Those defaults set total_pixels, so each video is read by qwen-vl-utils' fps rule
+# (2 frames a second, at least 4, at most max_num_frames, an even count), not max_num_frames of every video: the
+# 12..36-frame clips (10 fps) give 4, 4, 4, 6, 6 frames, each pair 64 x 64 pixels (min_pixels = 64 * 64; max_pixels
+# is not passed on when total_pixels is set) = 64 tokens. enable_thinking defaults to True there, and the answer is
+# what follows "</think>": "" when the (here 4) new tokens end before it, so the test turns thinking off.
+QWEN3_5_ARGS = "min_pixels=4096,max_pixels=4096,max_num_frames=8,enable_thinking=false,device_map=cpu"
+
+
+def test_the_cli_evaluates_a_pruned_qwen3_5(workdir):
+    """Qwen3.5 (hybrid text stack: full attention at layers 0 and 2, linear at 1 and 3, so K = 2 is legal) through
+    lmms-eval's default (chat) wrapper, without torchvision here, as Qwen3-VL's test."""
+    prune = workdir / "qwen3_5" / "prune"
+    base = f"pretrained={workdir / 'qwen3_5'},{QWEN3_5_ARGS}"
+    args = f"method=sharp,retention=0.2,layer=2,prune_log={prune}"
+    run = _lmms(workdir, "qwen3_5_run", args, model="sharp_qwen3_5", base_args=base)
+    assert "exact_match,none" in run["results"]["results"][TASK]
+    assert sorted(run["answers"]) == list(range(DOCS))
+    assert all(a not in ("", [""], [[""]]) for a in run["answers"].values()), "thinking off: the model's words"
+    rows = {row["doc_id"]: row for row in _prune_rows(prune, "*_rank0of1_samples.jsonl")}
+    assert sorted(rows) == list(range(DOCS)), "one statistics row per document"
+    for doc, total in enumerate(VIDEO_FRAMES):
+        frames = min(max(total / 10 * 2, 4), 8, total) // 2 * 2
+        visual = int(frames) // 2 * QWEN3_TOKENS_PER_FRAME_PAIR
+        row = rows[doc]
+        assert row["error"] is None, row
+        assert row["visual_tokens"] == visual
+        assert row["kept_visual_tokens"] == sp.PruneConfig(method="sharp", retention=0.2).budget(visual)
+    summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
+    assert summary["requests"] == DOCS and summary["failed"] == 0 and summary["model"] == "sharp_qwen3_5"
+
+
+# ------------------------------------------------------------------------------------------------ InternVL
+# Upstream's internvl_hf (chat only) hands the video files to the processor with do_sample_frames=True and
+# num_frames; transformers would decode them with torchcodec, sharp-prune decodes the frames the video processor
+# samples with PyAV. Every frame is one tile: 32 x 32 pixels, patch 4, pixel shuffle 0.5 = 16 tokens.
+INTERNVL_FRAMES = 8
+INTERNVL_TOKENS_PER_FRAME = 16
+
+
+@pytest.fixture(scope="module")
+def internvl_checkpoint(workdir: Path) -> Path:
+    return tiny_internvl_checkpoint(workdir / "internvl")
+
+
+def test_the_cli_evaluates_a_pruned_internvl(workdir, internvl_checkpoint):
+    """InternVL through lmms-eval's internvl_hf (chat). It catches every exception of `generate` and answers "", so
+    a document that failed would still be answered: the prune log's rows show that each one ran, pruned."""
+    prune = workdir / "internvl_run" / "prune"
+    base = f"pretrained={internvl_checkpoint},num_frames={INTERNVL_FRAMES},device_map=cpu"
+    args = f"method=sharp,retention=0.2,layer=2,prune_log={prune}"
+    run = _lmms(workdir, "internvl_run", args, model="sharp_internvl", base_args=base)
+    assert "in generating" not in run["log"], "upstream swallowed an error of generate"
+    assert "exact_match,none" in run["results"]["results"][TASK]
+    assert sorted(run["answers"]) == list(range(DOCS))
+    rows = {row["doc_id"]: row for row in _prune_rows(prune, "*_rank0of1_samples.jsonl")}
+    assert sorted(rows) == list(range(DOCS)), "one statistics row per document"
+    visual = INTERNVL_FRAMES * INTERNVL_TOKENS_PER_FRAME
+    for doc in range(DOCS):
+        row = rows[doc]
+        assert row["error"] is None and row["warning"] is None, row
+        assert row["visual_tokens"] == visual
+        assert row["kept_visual_tokens"] == sp.PruneConfig(method="sharp", retention=0.2).budget(visual)
+    summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
+    assert summary["requests"] == DOCS and summary["failed"] == 0 and summary["model"] == "sharp_internvl"
+
+
+def test_bad_internvl_documents_fail_alone(workdir, internvl_checkpoint, tmp_path):
+    """A missing file fails its document alone (it is read before upstream's try around `generate`, which would
+    answer "" and log nothing in the prune log); a video shorter than num_frames gives all its frames, with a
+    warning (transformers' InternVL video processor would refuse to sample it)."""
+    short = synthetic_video(tmp_path / "short.mp4", num_frames=INTERNVL_FRAMES - 3)
+    rows = [
+        {"id": 0, "video": str(workdir / "v0.mp4"), "question": "What moves?", "answer": "squares"},
+        {"id": 1, "video": str(tmp_path / "missing.mp4"), "question": "What moves?", "answer": "squares"},
+        {"id": 2, "video": str(short), "question": "What moves?", "answer": "squares"},
+    ]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _write_jsonl(bad / "data.jsonl", rows)
+    prune = bad / "out" / "prune"
+    base = f"pretrained={internvl_checkpoint},num_frames={INTERNVL_FRAMES},device_map=cpu"
+    args = f"method=sharp,retention=0.2,layer=2,prune_log={prune}"
+    run = _lmms(bad, "out", args, model="sharp_internvl", base_args=base)
+    assert sorted(run["answers"]) == [0, 1, 2] and run["answers"][1] in ([""], "", [[""]])
+    assert "video file not found" in run["log"] and "fewer than num_frames" in run["log"]
+    by_doc = {row["doc_id"]: row for row in _prune_rows(prune, "*_rank0of1_samples.jsonl")}
+    assert by_doc[0]["error"] is None and by_doc[0]["visual_tokens"] == INTERNVL_FRAMES * INTERNVL_TOKENS_PER_FRAME
+    assert "not found" in by_doc[1]["error"]
+    assert by_doc[2]["error"] is None and "fewer than num_frames" in by_doc[2]["warning"]
+    assert by_doc[2]["visual_tokens"] == (INTERNVL_FRAMES - 3) * INTERNVL_TOKENS_PER_FRAME
+    summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
+    assert (summary["requests"], summary["failed"], summary["warnings"]) == (3, 1, 1)

@@ -101,6 +101,22 @@ def test_entry_point_registers_the_three_models_as_subclasses_of_upstream(regist
     assert registry.resolve("sharp_qwen2_vl").model_type == "simple"
 
 
+def test_every_family_wrapper_subclasses_the_upstream_class_it_names(registry):
+    """Each family's `LmmsWrapper` (Gemma 4's included, which is not run end to end here) resolves to a subclass
+    of the upstream simple / chat class it names, importable from the installed lmms-eval."""
+    import importlib
+
+    from sharp_prune.models import lmms_wrappers
+
+    for name, (_, wrapper) in lmms_wrappers().items():
+        for simple, path in ((True, wrapper.simple), (False, wrapper.chat)):
+            if path is None:
+                continue
+            module, cls_name = path.split(":")
+            base = getattr(importlib.import_module(module), cls_name)
+            assert issubclass(registry.get_model_class(name, force_simple=simple), base), (name, path)
+
+
 # ---------------------------------------------------------------------------------------------- model_args
 def test_model_args_split_into_config_plugin_options_and_upstream_args(tmp_path):
     from lmms_eval.models.simple.llava_hf import LlavaHf
@@ -140,6 +156,18 @@ def test_model_args_typos_and_bad_values_are_named(tmp_path):
         split_model_args({"method": "fastest"})
     with pytest.raises(sp.ConfigTypeError, match="true or false"):
         split_model_args({"posc": "maybe"})
+
+
+def test_model_args_an_upstream_passes_on_to_its_parent_are_its_own():
+    """lmms-eval's qwen3_5 takes a few arguments and hands the rest (`**kwargs`) to qwen3_vl's constructor, which
+    takes the device, attention and batch size: those are accepted; a typo is still named."""
+    from lmms_eval.models.chat.qwen3_5 import Qwen3_5
+
+    kwargs = {"pretrained": "x", "device_map": "cpu", "batch_size": 1, "enable_thinking": False, "retention": 0.1}
+    _, _, rest = split_model_args(kwargs, upstream=Qwen3_5)
+    assert rest == {"pretrained": "x", "device_map": "cpu", "batch_size": 1, "enable_thinking": False}
+    with pytest.raises(sp.ConfigError, match=r"'devce_map' \(did you mean 'device_map'\?\)"):
+        split_model_args({"devce_map": "cpu"}, upstream=Qwen3_5)
 
 
 def _config_only(checkpoint, tmp_path):

@@ -252,7 +252,19 @@ QWEN3_VL_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-QWEN_VL_CHECKPOINT_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+# Qwen3.5's chat template, for the tiny checkpoints: Qwen3-VL's, plus the thinking switch of the generation prompt
+# (upstream's lmms-eval wrapper passes `enable_thinking`, True by default): an open `<think>` block when thinking,
+# an empty one when not.
+QWEN3_5_CHAT_TEMPLATE = QWEN3_VL_CHAT_TEMPLATE.replace(
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}",
+)
+
+_QWEN_CHAT_TEMPLATES = {"qwen3_5": QWEN3_5_CHAT_TEMPLATE}  # the others: by generation (Qwen2-VL's, Qwen3-VL's)
+
+QWEN_VL_CHECKPOINT_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")
 
 
 def tiny_qwen_vl_checkpoint(
@@ -262,17 +274,20 @@ def tiny_qwen_vl_checkpoint(
     seed: int = 0,
     tokenizer_dir: str | Path | None = None,
 ) -> Path:
-    """Save a complete tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE checkpoint (random weights, real
-    processor) to `path`.
+    """Save a complete tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE or Qwen3.5 checkpoint (random weights,
+    real processor) to `path`.
 
     `family`: one of `QWEN_VL_CHECKPOINT_FAMILIES`. The tokenizer is SmolLM2's with Qwen-VL's vision tokens
     added; the vision tower has patch 4, merge 2, temporal patch 2, so each pair of frames is
     (height / 8) x (width / 8) video tokens. Qwen2-VL / Qwen2.5-VL frames are resized within [16 x 16, 64 x 64]
     pixels each (a 56 x 56 pair: 49 tokens); Qwen3-VL bounds the whole video within [2 x 16 x 16,
     16 x 64 x 64] pixels and normalises with mean = std = 0.5 (four 48 x 64 frames stay so: 2 x 48 tokens,
-    each temporal patch after its `<t seconds>` timestamp). The processor (image, video, chat template) is saved
-    as transformers saves the real one: `AutoProcessor` loads it where torchvision is installed,
-    `sharp_prune.models.loading.load_processor` everywhere.
+    each temporal patch after its `<t seconds>` timestamp). Qwen3.5: Qwen3-VL's processor (`Qwen3VLProcessor`, as
+    the released checkpoints have it) and vision tower without DeepStack, a text stack alternating full and linear
+    attention (full at layer 0), and a chat template with the thinking switch (`QWEN3_5_CHAT_TEMPLATE`);
+    transformers loads its tokenizer as `Qwen3_5Tokenizer` (it overrides the saved class for qwen3_5). The
+    processor (image, video, chat template) is saved as transformers saves the real one: `AutoProcessor` loads it
+    where torchvision is installed, `sharp_prune.models.loading.load_processor` everywhere.
     """
     import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -297,7 +312,11 @@ def tiny_qwen_vl_checkpoint(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=pad_id,
     )
-    if qwen3:
+    if family == "qwen3_5":
+        from .models.qwen3_5 import tiny_qwen3_5_config
+
+        config = tiny_qwen3_5_config(num_layers, **ids)
+    elif qwen3:
         from .models.qwen3_vl import tiny_qwen3_vl_config
 
         config = tiny_qwen3_vl_config(num_layers, moe=family == "qwen3_vl_moe", **ids)
@@ -331,7 +350,104 @@ def tiny_qwen_vl_checkpoint(
         image_processor=Qwen2VLImageProcessorPil(**image_pixels),
         tokenizer=tokenizer,
         video_processor=video_cls(**video_pixels),
-        chat_template=QWEN3_VL_CHAT_TEMPLATE if qwen3 else QWEN_VL_CHAT_TEMPLATE,
+        chat_template=_QWEN_CHAT_TEMPLATES.get(family, QWEN3_VL_CHAT_TEMPLATE if qwen3 else QWEN_VL_CHAT_TEMPLATE),
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+# InternVL's chat template (the -hf checkpoints', without their default system turn), for the tiny checkpoint: a
+# `<video>` placeholder per video, which the processor writes as one "FrameN: <img>...</img>" tile per frame.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def tiny_internvl_checkpoint(
+    path: str | Path,
+    num_layers: int = 4,
+    seed: int = 0,
+    tokenizer_dir: str | Path | None = None,
+) -> Path:
+    """Save a complete tiny InternVL checkpoint (random weights, real processor) to `path`, as the -hf checkpoints
+    are laid out: `InternVLForConditionalGeneration` (a Qwen2 text model, a one-layer InternViT on 32 x 32 tiles,
+    patch 4, pixel shuffle 0.5: 16 tokens a tile) and `InternVLProcessor` (every video frame one tile, ImageNet
+    normalisation). The tokenizer is SmolLM2's with InternVL's `<img>`, `</img>`, `<IMG_CONTEXT>` and `<video>`
+    tokens; `AutoProcessor` loads it where torchvision is installed, `sharp_prune.models.loading.load_processor`
+    (with sharp-prune's torch-only video processor) everywhere.
+    """
+    from transformers import AutoTokenizer, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.utils import is_torchvision_available
+
+    from .models.internvl import IMAGENET_MEAN, IMAGENET_STD, torch_video_processors
+    from .models.processors import accepting_processor_class
+
+    folder = Path(path)
+    if tokenizer_dir is None:
+        from .smollm2 import DEFAULT_CACHE, load_smollm2
+
+        if not (DEFAULT_CACHE / "tokenizer.json").is_file():
+            load_smollm2()
+        tokenizer_dir = DEFAULT_CACHE
+    tokens = {
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, extra_special_tokens=tokens)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    size, patch, ratio = 32, 4, 0.5
+    per_tile = int((size // patch * ratio) ** 2)
+    text = text_config(num_layers, rope=False)
+    text.update(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_id,
+        tie_word_embeddings=False,  # untied: answers in words
+    )
+    torch.manual_seed(seed)
+    config = InternVLConfig(
+        text_config=dict(model_type="qwen2", **text),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=size,
+            patch_size=patch,
+        ),
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=per_tile,
+        downsample_ratio=ratio,
+        tie_word_embeddings=False,
+    )
+    model = InternVLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = pad_id
+    model.save_pretrained(folder)
+
+    pixels = dict(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), size={"height": size, "width": size})
+    processor_cls = InternVLProcessor
+    if is_torchvision_available():
+        from transformers import InternVLVideoProcessor as video_cls
+    else:
+        (video_cls,) = torch_video_processors()
+        processor_cls = accepting_processor_class(processor_cls)
+    processor = processor_cls(
+        image_processor=GotOcr2ImageProcessorPil(**pixels),
+        tokenizer=tokenizer,
+        video_processor=video_cls(**pixels),
+        image_seq_length=per_tile,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
     )
     processor.save_pretrained(folder)
     return folder
@@ -375,8 +491,10 @@ def synthetic_video(
 
 __all__ = [
     "IMAGE_TOKEN_ID",
+    "INTERNVL_CHAT_TEMPLATE",
     "LLAVA_ONEVISION_CHAT_TEMPLATE",
     "PAD_ID",
+    "QWEN3_5_CHAT_TEMPLATE",
     "QWEN3_VL_CHAT_TEMPLATE",
     "QWEN_VL_CHAT_TEMPLATE",
     "QWEN_VL_CHECKPOINT_FAMILIES",
@@ -391,6 +509,7 @@ __all__ = [
     "synthetic_video",
     "tiny_causal_lm",
     "tiny_inputs",
+    "tiny_internvl_checkpoint",
     "tiny_llava_onevision_checkpoint",
     "tiny_model",
     "tiny_qwen_vl_checkpoint",

@@ -20,7 +20,7 @@ from .qwen3_vl import blank_frame_qwen3_vl, tiny_inputs_qwen3_vl, torch_video_pr
 from .qwen_vl import locate_qwen_vl
 
 
-def tiny_qwen3_5_config(num_layers: int, moe: bool = False) -> Any:
+def tiny_qwen3_5_config(num_layers: int, moe: bool = False, **token_ids: int) -> Any:
     """A tiny Qwen3.5 configuration: Qwen3-VL's tiny ViT (no DeepStack) and a hybrid text stack whose layers
     alternate full and linear attention (full, linear, full, linear: every K >= 1 is legal, as the shared battery
     needs; the released checkpoints start with three linear layers), heads of 32 with RoPE on a quarter of each
@@ -53,12 +53,14 @@ def tiny_qwen3_5_config(num_layers: int, moe: bool = False) -> Any:
     )
     if moe:
         text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
+    tiny.take_text_ids(token_ids, text)
     ids = dict(
         vision_start_token_id=tiny.VISION_START_ID,
         vision_end_token_id=tiny.VISION_END_ID,
         image_token_id=tiny.IMAGE_TOKEN_ID,
         video_token_id=tiny.VIDEO_TOKEN_ID,
     )
+    ids.update(token_ids)
     config_cls = transformers.Qwen3_5MoeConfig if moe else transformers.Qwen3_5Config
     return tiny.with_text_ids(config_cls(text_config=text, vision_config=vision, **ids), text)
 

@@ -7,7 +7,7 @@ nothing vendored); today:
 - ``sharp_llava_onevision``: lmms-eval's ``llava_hf`` (the Hugging Face LLaVA-OneVision path),
 - ``sharp_qwen2_vl``: lmms-eval's ``qwen2_vl``; ``sharp_qwen2_5_vl``: ``qwen2_5_vl``,
 - ``sharp_qwen3_vl``: ``qwen3_vl``; ``sharp_qwen3_5``: ``qwen3_5``,
-- ``sharp_internvl``: ``internvl_hf`` (chat only),
+- ``sharp_internvl``: ``internvl_hf`` (chat only); ``sharp_gemma4``: ``gemma4`` (simple),
 
 each a subclass of the upstream wrapper that prunes with `sharp_prune.apply` right after the model loads and
 reads the pruning config from ``--model_args``::

@@ -162,6 +162,25 @@ class _EvalProcessor:
         return getattr(self._processor, name)
 
 
+class _SamplingEvalProcessor(_EvalProcessor):
+    """The upstream processor, for wrappers that hand it video files and let it sample the frames (lmms-eval's
+    `internvl_hf`: ``do_sample_frames=True`` with ``num_frames`` / ``fps``). transformers 5 decodes a file with
+    torchcodec only (torchvision's video decoding is gone); here each file is decoded with PyAV at the frames the
+    checkpoint's own video processor samples (its `sample_frames`, from the file's frame count and rate), and the
+    processor gets those frames with ``do_sample_frames=False``: the same frames, without torchcodec."""
+
+    def __call__(self, *args: Any, images: Any = None, videos: Any = None, **kwargs: Any) -> Any:
+        if isinstance(videos, (list, tuple)) and any(isinstance(v, (str, os.PathLike)) for v in videos):
+            sample = {key: kwargs.get(key) for key in ("num_frames", "fps")}
+            videos = [self._read(v, **sample) if isinstance(v, (str, os.PathLike)) else v for v in videos]
+            kwargs["do_sample_frames"] = False
+        return super().__call__(*args, images=images, videos=videos, **kwargs)
+
+
+# Upstream wrappers whose processor gets video files and samples their frames itself (see `_SamplingEvalProcessor`).
+_SAMPLING_PROCESSOR_WRAPPERS = ("internvl_hf",)
+
+
 def _place(upstream: type, rest: dict[str, Any]) -> None:
     """Where the model goes: a `device_map` without a `device` names the device too (upstream `llava_hf` would
     otherwise use "cuda"); upstream `llava_hf`'s default device_map="" is rejected by transformers 5's
@@ -216,6 +235,8 @@ class SharpPruneMixin:
             super().__init__(**rest)
         if hasattr(self, "_image_processor"):
             self._image_processor = _EvalProcessor(self._image_processor, self._read_video)
+        elif upstream.__module__.rsplit(".", 1)[-1] in _SAMPLING_PROCESSOR_WRAPPERS:
+            self.processor = _SamplingEvalProcessor(self.processor, self._read_sampled_video)
         self.prune_config = config
         self.prune_handle = apply(self.model, config)
         try:
@@ -260,6 +281,36 @@ class SharpPruneMixin:
                 self.prune_stats.note(f"{total} frames, fewer than max_frames_num={wanted}")
             return read_video(path, min(wanted, total)).frames
         except VideoError as err:
+            return _VideoFailure(str(err))
+
+    def _read_sampled_video(self, video: Any, num_frames: int | None = None, fps: float | None = None) -> Any:
+        """The frames of a video file the checkpoint's video processor would sample (`num_frames`, else `fps` a
+        second), decoded with PyAV: uint8 [F, H, W, 3], or a `_VideoFailure` when it cannot be read. A video with
+        fewer frames than `num_frames` gives all of them, with a warning (transformers would refuse it)."""
+        from transformers.video_utils import VideoMetadata
+
+        from ...video import probe_video, read_video_at
+
+        path = video[0] if isinstance(video, (list, tuple)) else video
+        try:
+            info = probe_video(path)
+            total = info.total_frames
+            if num_frames is not None and num_frames > total:
+                logger.warning(
+                    "sharp-prune: %s has %d frames, fewer than num_frames=%d: all %d are used",
+                    path,
+                    total,
+                    num_frames,
+                    total,
+                )
+                self.prune_stats.note(f"{total} frames, fewer than num_frames={num_frames}")
+                num_frames = total
+            metadata = VideoMetadata(
+                total_num_frames=total, fps=info.fps, duration=info.duration_s, video_backend="pyav"
+            )
+            indices = self.processor.video_processor.sample_frames(metadata, num_frames=num_frames, fps=fps)
+            return read_video_at(path, [int(i) for i in indices]).frames
+        except (VideoError, ValueError) as err:  # ValueError: the video processor cannot sample this video
             return _VideoFailure(str(err))
 
     def load_video(self, video_path: Any, max_frames_num: int) -> Any:

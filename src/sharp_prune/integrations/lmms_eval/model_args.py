@@ -71,6 +71,22 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+def upstream_args(upstream: type) -> set[str]:
+    """The keyword arguments `upstream`'s constructor takes: its own `__init__`'s, and, while that one passes
+    ``**kwargs`` on, those of the next `__init__` up the class hierarchy (lmms-eval's qwen3_5 takes its own few
+    and hands `device_map`, `attn_implementation`... to qwen3_vl's)."""
+    accepted: set[str] = set()
+    for cls in upstream.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None or cls is object:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        accepted |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return accepted
+
+
 def split_model_args(
     kwargs: dict[str, Any], upstream: type | None = None, defaults: PruneConfig | None = None
 ) -> tuple[PruneConfig, PluginOptions, dict[str, Any]]:
@@ -100,7 +116,7 @@ def split_model_args(
     options = PluginOptions(log_dir=Path(str(log_dir)), timing=_bool("prune_timing", kwargs.get("prune_timing", True)))
 
     if upstream is not None:
-        accepted = set(inspect.signature(upstream.__init__).parameters) - {"self", "args", "kwargs"}
+        accepted = upstream_args(upstream)
         unknown = sorted(set(rest) - accepted)
         if unknown:
             hints = did_you_mean(unknown, sorted(accepted | set(config_fields) | set(PLUGIN_OPTIONS)))
@@ -112,4 +128,4 @@ def split_model_args(
     return config, options, rest
 
 
-__all__ = ["PLUGIN_OPTIONS", "PluginOptions", "split_model_args"]
+__all__ = ["PLUGIN_OPTIONS", "PluginOptions", "split_model_args", "upstream_args"]
