@@ -500,3 +500,35 @@ def test_the_pre_llm_stage_is_refused_on_per_layer_inputs(model):
     with pytest.raises(sp.ConfigError, match="per-layer input.*pre=None"):
         sp.apply(model, method="sharp", retention=0.3, layer=2, pre="temporal_merge")
     assert not any(layer._forward_pre_hooks for layer in model.model.language_model.layers)
+
+
+@pytest.fixture(scope="module")
+def unshared():
+    """Six layers without KV sharing (full, sliding, sliding, full, sliding, full): K = 4 scores at layer 3, so the
+    blank pass reruns three layers whose per-layer inputs depend on the frames' embeddings."""
+    from sharp_prune.models import tiny
+    from sharp_prune.models.gemma4 import tiny_gemma4_config
+
+    build = tiny.builder("Gemma4ForConditionalGeneration", lambda n: tiny_gemma4_config(n, shared_kv_layers=0))
+    model = build(6, "sdpa", torch.float32, 0)
+    table = model.model.vision_tower.patch_embedder.position_embedding_table
+    with torch.no_grad():
+        table.copy_(torch.randn(table.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("layer", [2, 4])
+def test_posc_prior_is_the_scores_of_a_black_video_per_layer_inputs_included(unshared, layer):
+    """PosC's blank pass is the model on the same prompt with every frame black: its prior equals the scores a real
+    forward on black pixels reads. Layers below the scoring layer add per-layer inputs projected from the input
+    embeddings: the blank pass must project the black frames' own, or the prior differs (K = 4)."""
+    inputs = tiny_inputs(unshared, [5], [6])
+    black = dict(inputs, pixel_values_videos=torch.zeros_like(inputs["pixel_values_videos"]))
+    config = sp.PruneConfig(method="sharp", retention=0.25, layer=layer, segm=False, regd=False, record_scores=True)
+    with sp.apply(unshared, config) as handle, torch.no_grad():
+        unshared(**inputs)
+        assert handle.score_layer == (3 if layer == 4 else 0)
+        prior = handle.last.prior[0]
+        unshared(**black)
+        black_scores = handle.last.raw_scores[0]
+    torch.testing.assert_close(prior, black_scores, atol=1e-5, rtol=1e-4)

@@ -346,13 +346,18 @@ def test_a_gemma4_text_stack_without_them_prunes_like_the_kept_sequence():
 @pytest.mark.parametrize("k", [3, 4])
 def test_the_blank_pass_runs_each_layer_under_its_own_kinds_mask(model, k):
     """PosC's blank pass reruns layers 0..score layer: each must get the mask it had in the real pass (a sliding
-    layer its window, the full-attention scoring layer the whole causal mask), not layer K's for all of them."""
+    layer its window, the full-attention scoring layer the whole causal mask), not layer K's for all of them, and
+    its own RoPE (Gemma rotates sliding and full layers at different bases)."""
     ids, frame_map = _prompt()
     seen: dict[int, list] = {i: [] for i in range(len(model.model.layers))}
+    rope: dict[int, list] = {i: [] for i in range(len(model.model.layers))}
+
+    def record(m, a, kw, i):
+        seen[i].append(kw.get("attention_mask"))
+        rope[i].append(kw.get("position_embeddings"))
+
     hooks = [
-        layer.register_forward_pre_hook(
-            lambda m, a, kw, i=i: seen[i].append(kw.get("attention_mask")), with_kwargs=True
-        )
+        layer.register_forward_pre_hook(lambda m, a, kw, i=i: record(m, a, kw, i), with_kwargs=True)
         for i, layer in enumerate(model.model.layers)
     ]
     config = sp.PruneConfig(method="sharp", retention=0.3, layer=k, segm=False, regd=False)
@@ -368,4 +373,5 @@ def test_the_blank_pass_runs_each_layer_under_its_own_kinds_mask(model, k):
     for layer in range(3):  # real pass, then the blank pass, for layers 0..2
         real, blank = seen[layer]
         assert blank is real, layer
+        assert rope[layer][1] is rope[layer][0], layer  # and its own RoPE
     assert seen[0][0] is not seen[2][0]  # the sliding layer's window and the full layer's causal mask differ

@@ -428,14 +428,22 @@ class LayerCall:
                 kwargs[name] = value
         return args, kwargs
 
-    def rerun_kwargs(self, attention_mask: Any = _KEEP, per_layer_input: torch.Tensor | None = None) -> dict[str, Any]:
+    def rerun_kwargs(
+        self,
+        attention_mask: Any = _KEEP,
+        position_embeddings: Any = _KEEP,
+        per_layer_input: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
         """Keyword arguments to run layers again on other hidden states, without touching the cache (and with
-        another layer kind's `attention_mask`, and that layer's own per-layer input, when given)."""
+        another layer kind's `attention_mask` and `position_embeddings`, and that layer's own per-layer input, when
+        given)."""
         skip = {"hidden_states", PER_LAYER_INPUT}
         kwargs = {k: v for k, v in self.kwargs.items() if k not in LAYER_CACHE_NAMES and k not in skip}
         kwargs["use_cache"] = False
         if attention_mask is not _KEEP:
             kwargs["attention_mask"] = attention_mask
+        if position_embeddings is not _KEEP and "position_embeddings" in kwargs:
+            kwargs["position_embeddings"] = position_embeddings
         if per_layer_input is not None:
             kwargs[PER_LAYER_INPUT] = per_layer_input
         return kwargs

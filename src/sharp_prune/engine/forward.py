@@ -89,7 +89,7 @@ class Forward:
     ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         return None
 
-    def keep_rope(self, call: hf.LayerCall) -> None:
+    def keep_rope(self, index: int, call: hf.LayerCall) -> None:
         return None
 
     def at_layer(self, index: int, call: hf.LayerCall) -> Replacement:

@@ -128,9 +128,10 @@ class PruneHandle:
         # always_call: the forward's state is dropped (and the model freed for other threads) even when it raises
         self._hooks.append(model.register_forward_hook(self._on_model_output, always_call=True))
         self._hooks.append(self._decoder.register_forward_pre_hook(self._on_decoder_forward, with_kwargs=True))
-        if not self.config.rope:
-            scoring = layers[self._parts.score_layer]
-            self._hooks.append(scoring.register_forward_pre_hook(self._on_scoring_layer, with_kwargs=True))
+        if not self.config.rope or self.config.needs_prior:  # RoPE to remove, or the blank pass to rerun
+            for index in range(self._parts.score_layer + 1):
+                hook = self._on_early_layer(index)
+                self._hooks.append(layers[index].register_forward_pre_hook(hook, with_kwargs=True))
         for index in range(k, len(layers)):
             self._hooks.append(layers[index].register_forward_pre_hook(self._on_layer(index), with_kwargs=True))
         _APPLIED[model] = self
@@ -270,8 +271,11 @@ class PruneHandle:
         """Called by the registered attention function of every text layer (see `attention.py`)."""
         return self._forward.attend(module, query, key, value, attention_mask, **kwargs)
 
-    def _on_scoring_layer(self, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self._forward.keep_rope(hf.read_layer_call(args, kwargs))
+    def _on_early_layer(self, index: int) -> Callable[..., None]:
+        def hook(layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self._forward.keep_rope(index, hf.read_layer_call(args, kwargs))
+
+        return hook
 
     def _on_layer(self, index: int) -> Callable[..., Any]:
         def hook(layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -62,6 +62,7 @@ class Prefill(Forward):
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None  # layer K-1's cos/sin (to remove RoPE)
         self.observed: set[int] = set()  # layers < K whose attention went through the registered function
         self.layer_masks: dict[int, Any] = {}  # layer < K -> the attention mask it ran with (for the blank pass)
+        self.layer_rope: dict[int, Any] = {}  # layer <= the scoring layer -> its position embeddings (the same)
         self._real = _Scores()
         self._scores_to = self._real
         self.plan: KeepPlan | None = None
@@ -145,9 +146,12 @@ class Prefill(Forward):
             self.segment_map = segment_map
 
     # ---------------------------------------------------------------------------- layers 0..K-1
-    def keep_rope(self, call: hf.LayerCall) -> None:
-        """Layer K-1's call: its RoPE, for methods that score without it."""
-        self.rope = call.position_embeddings
+    def keep_rope(self, index: int, call: hf.LayerCall) -> None:
+        """The call of a layer up to the scoring layer: its RoPE, for methods that score without it (the scoring
+        layer's) and for the blank pass (each layer's: Gemma's sliding and full layers rotate at different bases)."""
+        self.layer_rope[index] = call.position_embeddings
+        if index == self.parts.score_layer:
+            self.rope = call.position_embeddings
 
     def attend(
         self,
@@ -294,8 +298,13 @@ class Prefill(Forward):
             hidden = embeds
             for index, layer in enumerate(parts.layers[: parts.score_layer + 1]):  # the layers above cannot matter
                 layer_input = None if per_layer is None else per_layer[:, :, index]
-                # same positions, no cache
-                hidden = layer(hidden, **call.rerun_kwargs(attention_mask=masks[index], per_layer_input=layer_input))
+                # same positions (each layer's own RoPE), no cache
+                rerun = call.rerun_kwargs(
+                    attention_mask=masks[index],
+                    position_embeddings=self.layer_rope.get(index, call.position_embeddings),
+                    per_layer_input=layer_input,
+                )
+                hidden = layer(hidden, **rerun)
                 if index < len(deepstack):
                     hidden = hidden + deepstack[index]
         if blank.scores is None:
