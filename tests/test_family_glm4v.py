@@ -63,7 +63,7 @@ def processor_and_model():
     if transformers.utils.is_torchvision_available():
         video_cls, processor_cls = transformers.Glm4vVideoProcessor, transformers.Glm4vProcessor
     else:
-        (video_cls,) = torch_video_processors()
+        video_cls, _ = torch_video_processors()  # Glm4vVideoProcessor, Glm46VVideoProcessor
         processor_cls = accepting_processor_class(transformers.Glm4vProcessor)
     processor = processor_cls(
         image_processor=Glm4vImageProcessorPil(**pixels),

@@ -17,7 +17,8 @@ from .base import LmmsWrapper, ModelAdapter, TinyModel
 from .generic import GENERIC
 from .refused import REFUSED, refusal_for
 
-_NOT_FAMILIES = {"base", "generic", "loading", "processors", "refused", "tiny"}  # helper modules of this package
+# helper modules of this package
+_NOT_FAMILIES = {"base", "generic", "loading", "processors", "refused", "tiny", "video_llama_3_video_processing"}
 
 
 def _discover() -> dict[str, ModelAdapter]:

@@ -13,6 +13,11 @@ ends at `<|end_of_video|>`.
 
 The three families differ in the text decoder only (GLM-4.5V: mixture-of-experts layers, whose routing is per
 token, so pruning runs them as it runs dense ones); locating, the black frame and the vision tower are shared.
+
+Without torchvision, `run` builds the checkpoint's processor with torch-only video processors
+(`torch_video_processors`): `Glm4vVideoProcessor` and `Glm46VVideoProcessor` (GLM-4.1V's with GLM-4.6V's frame
+sampling: 3, 1 or 0.5 fps by the video's length), offered to all three entries, the checkpoint's
+`video_processor_type` picking one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import dataclasses
 from functools import cache
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -158,15 +164,68 @@ def vision_flops_glm4v(config: Any, num_frames: int, video_grid_thw: tuple[int, 
 
 
 # ------------------------------------------------------------------------------------------------ processors
+# GLM-4.6V's frame sampling (transformers' `Glm46VVideoProcessor.sample_frames`): a target fps by duration.
+_GLM46V_FPS_BY_DURATION = ((30, 3), (300, 1), (2400, 0.5))  # up to 30 s: 3 fps, up to 300 s: 1 fps, else 0.5
+_GLM46V_MAX_FRAMES = 640
+_GLM46V_MAX_DURATION = 2400
+
+
+def glm46v_sample_frames(self: Any, metadata: Any, fps: float | None = None, **kwargs: Any) -> np.ndarray:
+    """GLM-4.6V's frame indices, transformers' `Glm46VVideoProcessor.sample_frames` step by step (`fps` is
+    ignored, as there): 3, 1 or 0.5 fps for videos up to 30 s, up to 300 s and longer (a duration capped at
+    2400 s), times the temporal patch, at most 640 frames; the first frame at or after each 1 / (2 x fps)
+    seconds up to int(duration), or `np.linspace` when that gives too few or too many; duplicates dropped and
+    the last index repeated to an even count."""
+    if metadata is None or getattr(metadata, "fps", None) is None:
+        raise ValueError(
+            "Asked to sample frames per second but no video metadata was provided which is required when sampling "
+            "in Glm46V. Please pass in `VideoMetadata` object or set `do_sample_frames=False`"
+        )
+    total_frames = metadata.total_num_frames
+    max_frame_idx = total_frames - 1
+    duration = metadata.duration or round(max_frame_idx / metadata.fps) + 1
+    effective_duration = min(duration, _GLM46V_MAX_DURATION)
+    target_fps = next((f for limit, f in _GLM46V_FPS_BY_DURATION if effective_duration <= limit), 0.5)
+    extract_t = min(int(effective_duration * target_fps * self.temporal_patch_size), _GLM46V_MAX_FRAMES)
+
+    duration_per_frame = 1 / metadata.fps
+    timestamps = [i * duration_per_frame for i in range(total_frames)]
+    max_second = int(duration)
+    if total_frames < extract_t:
+        frame_indices = np.linspace(0, total_frames - 1, extract_t, dtype=int).tolist()
+    else:
+        frame_indices = []
+        current_second = 0
+        inv_fps = 1 / (self.temporal_patch_size * target_fps)
+        for frame_index in range(total_frames):
+            if timestamps[frame_index] >= current_second:
+                current_second += inv_fps
+                frame_indices.append(frame_index)
+                if current_second >= max_second:
+                    break
+    if len(frame_indices) < extract_t:
+        start, end = (0, max(total_frames - 1, 0)) if not frame_indices else (frame_indices[0], frame_indices[-1])
+        frame_indices = np.linspace(start, end, extract_t, dtype=int).tolist()
+    elif len(frame_indices) > extract_t:
+        frame_indices = np.linspace(0, total_frames - 1, extract_t, dtype=int).tolist()
+    unique = list(dict.fromkeys(frame_indices))  # first occurrences, in order
+    if len(unique) & 1:
+        unique.append(unique[-1])
+    return np.array(unique, dtype=int)
+
+
 @cache
 def torch_video_processors() -> tuple[type, ...]:
-    """GLM-4.1V's video processor on torch ops, for machines without torchvision (GLM-4.6V's module imports
-    torchvision at the top, so its checkpoints need torchvision installed).
+    """GLM-4.1V's and GLM-4.6V's video processors on torch ops, for machines without torchvision; built on first
+    use. Every GLM entry offers both: the checkpoint's `video_processor_type` picks one by name.
 
-    Their `resize` picks the size (`smart_resize`) and then calls torchvision's through the base class; here the
-    same size goes to the torch resize of `TorchVideoOps` (sharp_prune.models.processors). Sampling, rescaling,
-    normalising and the patch layout are transformers' own code. Same class names, so a checkpoint's
-    `video_processor_type` finds them.
+    transformers' `Glm4vVideoProcessor` picks the size (`smart_resize`) and then calls torchvision's resize
+    through the base class; here the same size goes to the torch resize of `TorchVideoOps`
+    (sharp_prune.models.processors), and sampling, rescaling, normalising and the patch layout are transformers'
+    own code. `Glm46VVideoProcessor` is `Glm4vVideoProcessor` with its own frame sampling
+    (`glm46v_sample_frames`), and nothing else: transformers' module for it imports torchvision at the top, so
+    the sampling is written out here (tests/test_glm46v_video_llama_3_processors.py runs it against that
+    module's own code). Same class names, so a checkpoint's `video_processor_type` finds them.
     """
     import importlib
 
@@ -193,10 +252,19 @@ def torch_video_processors() -> tuple[type, ...]:
         )
         return TorchVideoOps.resize(self, videos, SizeDict(height=height, width=width), resample)
 
-    return tuple(
-        type(base.__name__, (TorchVideoOps, base), {"__module__": __name__, "__doc__": base.__doc__, "resize": resize})
-        for base in (video_processing_glm4v.Glm4vVideoProcessor,)
+    base = video_processing_glm4v.Glm4vVideoProcessor
+    namespace = {"__module__": __name__, "__doc__": base.__doc__, "resize": resize}
+    glm4v = type(base.__name__, (TorchVideoOps, base), namespace)
+    glm46v = type(
+        "Glm46VVideoProcessor",
+        (glm4v,),
+        {
+            "__module__": __name__,
+            "__doc__": "transformers' Glm46VVideoProcessor (GLM-4.1V's with GLM-4.6V's frame sampling) on torch ops.",
+            "sample_frames": glm46v_sample_frames,
+        },
     )
+    return glm4v, glm46v
 
 
 # ------------------------------------------------------------------------------------------------ tiny models
@@ -342,6 +410,7 @@ GLM46V = ModelAdapter(
     blank_frame_needs_grid=True,
     model_types=("glm46v",),
     processor_class="Glm46VProcessor",
+    video_processors=torch_video_processors,
     vision_flops=vision_flops_glm4v,
     tiny=TinyModel(build=_tiny_glm4v("glm46v"), inputs=tiny_inputs_glm4v),
 )

@@ -11,7 +11,9 @@ carries no grid.
 The text model is Qwen2 with 1-D RoPE; images use their own `image_token_id` and stay text to sharp-prune.
 
 The family's whole entry: locating video tokens, the black frame, the vision tower's FLOPs, the tiny random
-configuration of the real class, the checkpoints and processor `run` loads.
+configuration of the real class, the checkpoints and processor `run` loads. transformers' video processor imports
+torchvision; without it `run` builds the checkpoint's processor with the torch-only port
+(`sharp_prune.models.video_llama_3_video_processing`: the official steps, Differential Frame Pruning included).
 """
 
 from __future__ import annotations
@@ -99,6 +101,13 @@ def vision_flops_video_llama_3(config: Any, num_frames: int, video_grid_thw: tup
     return total
 
 
+def torch_video_processors() -> tuple[type, ...]:
+    """VideoLLaMA3's video processor on torch ops, for machines without torchvision."""
+    from .video_llama_3_video_processing import VideoLlama3VideoProcessor
+
+    return (VideoLlama3VideoProcessor,)
+
+
 # ------------------------------------------------------------------------------------------------ tiny model
 TIME_TOKENS = (7, 8)  # stand-ins for the tokens of "Time t s:" before each frame
 COMMA_TOKEN = 9  # and for the "," between frames
@@ -179,6 +188,7 @@ VIDEO_LLAMA_3 = ModelAdapter(
     blank_frame=blank_frame_video_llama_3,
     model_types=("video_llama_3",),
     processor_class="VideoLlama3Processor",
+    video_processors=torch_video_processors,
     vision_flops=vision_flops_video_llama_3,
     # lmms-eval's videollama3 wrapper loads DAMO-NLP-SG's remote code, not the transformers class
     lmms=None,
