@@ -329,12 +329,20 @@ def test_the_linear_layer_formula():
 
 
 def test_the_flops_model_refuses_other_linear_stacks():
+    # Qwen3.5-MoE is counted (tests/test_flops_moe.py); a linear-attention stack of another family is not
     from transformers import Qwen3_5MoeTextConfig
 
     from sharp_prune.measure.flops import TextDims
 
-    with pytest.raises(UnsupportedModelError, match="mixture-of-experts"):
-        TextDims.from_config(Qwen3_5MoeTextConfig(num_hidden_layers=4))
+    assert TextDims.from_config(Qwen3_5MoeTextConfig(num_hidden_layers=4)).has_linear
+
+    class OtherLinear:
+        model_type = "other_hybrid"
+        layer_types = ["linear_attention", "full_attention"]
+        num_hidden_layers, hidden_size, intermediate_size, num_attention_heads, vocab_size = 2, 64, 128, 4, 256
+
+    with pytest.raises(UnsupportedModelError, match="linear-attention"):
+        TextDims.from_config(OtherLinear())
 
 
 # ------------------------------------------------------------------------------------------------- speed shapes

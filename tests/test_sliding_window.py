@@ -193,11 +193,19 @@ def test_every_method_prunes_and_generates(model, cfg):
     assert not model._forward_pre_hooks  # remove() detached everything
 
 
-def test_the_flops_model_refuses_sliding_layers_rather_than_miscount(model):
+def test_the_flops_model_counts_sliding_layers_as_the_counter_does(model):
+    """Sliding layers are counted (tests/test_flops_sliding.py has the rest); Gemma 4's text stack is refused."""
+    from sharp_prune.measure.flops import measure_prefill_flops, prefill_flops
     from sharp_prune.measure.prefill_shape import TextDims
 
-    with pytest.raises(UnsupportedModelError, match="sliding-window"):
-        TextDims.from_config(model)
+    ids, frame_map = _prompt()
+    with sp.apply(model, method="fastv", retention=0.3, layer=4) as handle, handle.visual_frames(frame_map):
+        measured = measure_prefill_flops(model, {"input_ids": ids})
+        report = prefill_flops(model, handle.last)
+    assert report.total == measured.text and report.summary["score_layer"] == 2
+    assert prefill_flops(model, handle.last, convention="ideal").total < report.total
+    with pytest.raises(UnsupportedModelError, match="Gemma 4"):
+        TextDims.from_config(_gemma4_text(**GEMMA4_FEATURES))
 
 
 def _gemma4_text(**overrides) -> torch.nn.Module:

@@ -1,8 +1,9 @@
 """FLOPs counted by torch (`FlopCounterMode`), to check the analytic count of `sharp_prune.measure.flops`.
 
 torch registers FLOP formulas for its GPU attention kernels only; `flop_counter_mode` adds the CPU one, so that
-a prefill's attention is counted on these machines too, and one for triangular solves (the chunked gated delta
-rule of linear-attention layers runs two per chunk).
+a prefill's attention is counted on these machines too, one for triangular solves (the chunked gated delta
+rule of linear-attention layers runs two per chunk), and one for grouped matmuls (transformers' default experts
+implementation of mixture-of-experts MLPs, "grouped_mm", runs the experts as two of them).
 """
 
 from __future__ import annotations
@@ -35,15 +36,50 @@ def _solve_triangular_flop(a_shape: tuple[int, ...], b_shape: tuple[int, ...], *
     return batch * n * n * m
 
 
+def _grouped_mm_flop(
+    a_shape: tuple[int, ...], b_shape: tuple[int, ...], *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
+    """`aten._grouped_mm` (and transformers' `grouped_mm_fallback`): every output entry is a K-long dot product,
+    2 K FLOPs, except 2-D x 2-D, where the groups split K itself (2 M K N in all).
+
+    transformers calls it 2-D x 3-D: [S, K] rows sorted by expert against [E, K, N] weights, one group of rows per
+    expert (`offs`): 2 S K N, the S = tokens x k token-expert pairs each through its own expert. (Rows past the last
+    offset, expert-parallel sentinels, are skipped by the kernel and counted here; a single-device run has none.)
+    """
+    k = a_shape[-1]
+    if (len(a_shape) == 2 and len(b_shape) == 2) or out_shape is None:
+        return 2 * a_shape[0] * k * b_shape[-1]
+    entries = 1
+    for size in out_shape:
+        entries *= size
+    return 2 * k * entries
+
+
+def _grouped_mm_ops() -> list[Any]:
+    """The grouped-matmul ops a mixture-of-experts forward may run (those this torch and transformers have)."""
+    ops = [getattr(torch.ops.aten, "_grouped_mm", None)]
+    try:
+        import transformers.integrations.moe  # noqa: F401  (registers transformers::grouped_mm_fallback)
+
+        ops.append(getattr(torch.ops.transformers, "grouped_mm_fallback", None))
+    except (ImportError, AttributeError, RuntimeError):
+        pass
+    return [op for op in ops if op is not None]
+
+
 def flop_counter_mode(display: bool = False) -> FlopCounterMode:
     """A `FlopCounterMode` that also counts CPU attention.
 
     torch registers FLOP formulas for its GPU sdpa kernels only: on CPU, `scaled_dot_product_attention`
     runs `aten._scaled_dot_product_flash_attention_for_cpu`, which a plain `FlopCounterMode` counts as 0.
-    This one counts it like the GPU kernels (full q_len x kv_len, causality not discounted), and counts
-    `linalg_solve_triangular` (no formula in torch) as `_solve_triangular_flop` does.
+    This one counts it like the GPU kernels (full q_len x kv_len, causality not discounted), counts
+    `linalg_solve_triangular` (no formula in torch) as `_solve_triangular_flop` does, and grouped matmuls (no
+    formula in torch either; a mixture-of-experts MLP's experts under transformers' default "grouped_mm") as
+    `_grouped_mm_flop` does.
     """
     mapping: dict[Any, Any] = {torch.ops.aten.linalg_solve_triangular: _solve_triangular_flop}
+    for op in _grouped_mm_ops():
+        mapping[op] = _grouped_mm_flop
     cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_sdpa is not None:
         mapping[cpu_sdpa] = _sdpa_flop

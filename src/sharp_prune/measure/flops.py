@@ -24,7 +24,20 @@ What is counted (one multiply-add = 2 FLOPs, as `torch.utils.flop_counter` count
 - hybrid stacks (Qwen3.5: Gated DeltaNet layers among full-attention layers): a linear-attention layer has no
   q/k/v/o or attention term but ``linear`` (its projections, short convolution and gated delta rule, linear in
   the tokens: `TextDims.linear_mixer_flops` gives the formula); scores come from the last full-attention layer
-  below K and the blank pass runs layers 0..that layer only.
+  below K and the blank pass runs layers 0..that layer only;
+- mixture-of-experts stacks (Qwen3-MoE, Qwen3-VL-MoE, Qwen3.5-MoE, GLM-4.5V: `prefill_shape.MOE_MODEL_TYPES`): a
+  MoE layer's ``mlp`` is the router (D x E), the k experts each token is routed to (gate, up, down at the expert
+  width) and the shared expert (and its gate), `TextDims.moe_per_token`; the dense layers (`mlp_only_layers`,
+  `decoder_sparse_step`, `first_k_dense_replace`) count the dense MLP. Both conventions count the k active experts
+  per token: transformers' experts implementations ("grouped_mm", its default, "batched_mm", "eager") all run
+  exactly those (`flop_counter_mode` adds the grouped matmul's formula, which torch lacks); executed also routes
+  the padding;
+- sliding-window stacks (Gemma 3's mix; `config.layer_types`): a sliding layer's attention is, executed, the whole
+  product as for a causal layer (the kernels mask the rest), and ideal, the causal pairs within the window W (a
+  query sees itself and the W - 1 positions before it); after K the window stays in the original positions of the
+  kept tokens (`SampleLayout.kept_positions`: from the record, or, for `estimate`, the kept video tokens spread
+  evenly over the video). SegM leaves sliding layers alone; scores come from the last full-attention layer below
+  K. Gemma 4's text stack is refused (`TextDims.from_config`).
 
 Two conventions:
 
@@ -44,6 +57,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..config import PruneConfig, check_layer
@@ -67,6 +81,36 @@ def _causal_pairs(layout: PrefillLayout, ideal: bool) -> int:
     if ideal:
         return sum(_triangle(s.real) for s in layout.samples)
     return layout.batch * layout.seq_len**2
+
+
+def _window_pairs(positions: torch.Tensor, window: int) -> int:
+    """Causal pairs within a sliding window among tokens at sorted `positions`: each query sees the tokens at most
+    `window - 1` positions before it, itself included."""
+    if not positions.numel():
+        return 0
+    first = torch.searchsorted(positions, positions - window, right=True)
+    return int((torch.arange(1, positions.numel() + 1) - first).sum())
+
+
+def _window_triangle(n: int, window: int) -> int:
+    """`_window_pairs` of n consecutive tokens: sum over i < n of min(i + 1, W)."""
+    full = min(n, window)
+    return _triangle(full) + (n - full) * window
+
+
+def _sliding_pairs(dims: TextDims, layout: PrefillLayout, ideal: bool, kept: bool) -> int:
+    """Attention pairs of one sliding-window layer (0 on a stack without them). Executed: the kernels compute the
+    whole q_len x kv_len product and mask the rest, as for a causal layer. Ideal: the pairs within the window, in
+    the positions of the decoder's input; layers >= K (`kept`) keep the window in these original positions (a kept
+    token sees the kept tokens at most W - 1 positions before it: `steps.sliding`)."""
+    if not dims.has_sliding:
+        return 0
+    if not ideal:
+        return _kept_pairs(layout, ideal) if kept else _causal_pairs(layout, ideal)
+    window = dims.sliding_window
+    if kept:
+        return sum(_window_pairs(s.kept_positions, window) for s in layout.samples)
+    return sum(_window_pairs(s.valid.nonzero().flatten(), window) for s in layout.samples)
 
 
 def _kept_pairs(layout: PrefillLayout, ideal: bool) -> int:
@@ -142,15 +186,25 @@ class FlopsReport:
         }
 
 
-def _stage(dims: TextDims, name: str, layers: range, lengths: list[int], pairs: int, ideal: bool) -> dict[str, int]:
-    """FLOPs of decoder layers `layers` over samples of `lengths` tokens (`pairs` attention pairs per layer)."""
+def _stage(
+    dims: TextDims,
+    name: str,
+    layers: range,
+    lengths: list[int],
+    pairs: int,
+    ideal: bool,
+    sliding_pairs: int = 0,
+) -> dict[str, int]:
+    """FLOPs of decoder layers `layers` over samples of `lengths` tokens (`pairs` attention pairs per full-attention
+    layer, `sliding_pairs` per sliding-window layer)."""
     tokens = sum(lengths)
     linear = sum(1 for i in layers if dims.is_linear(i))
+    sliding = sum(1 for i in layers if dims.is_sliding(i))
     attention = len(layers) - linear
     stage = {
         f"{name}.qkvo": attention * tokens * dims.qkvo_per_token,
-        f"{name}.attention": attention * pairs * dims.attention_per_pair,
-        f"{name}.mlp": len(layers) * tokens * dims.mlp_per_token,
+        f"{name}.attention": ((attention - sliding) * pairs + sliding * sliding_pairs) * dims.attention_per_pair,
+        f"{name}.mlp": tokens * sum(dims.mlp_flops_per_token(i) for i in layers),
     }
     if dims.has_linear:
         stage[f"{name}.linear"] = linear * sum(dims.linear_mixer_flops(n, ideal) for n in lengths)
@@ -162,12 +216,14 @@ def _unpruned(dims: TextDims, layout: PrefillLayout, config: PruneConfig, ideal:
     if ideal:
         lengths = [s.real + s.pre_dropped for s in layout.samples]
         pairs = sum(_triangle(r) for r in lengths)
+        sliding = sum(_window_triangle(r, dims.sliding_window) for r in lengths) if dims.has_sliding else 0
     else:
         lengths, pairs = [layout.input_len] * layout.batch, layout.batch * layout.input_len**2
+        sliding = pairs
     k = config.layer
     return {
-        **_stage(dims, "before_k", range(k), lengths, pairs, ideal),
-        **_stage(dims, "after_k", range(k, dims.num_layers), lengths, pairs, ideal),
+        **_stage(dims, "before_k", range(k), lengths, pairs, ideal, sliding),
+        **_stage(dims, "after_k", range(k, dims.num_layers), lengths, pairs, ideal, sliding),
         "lm_head": lm_rows * dims.lm_head_per_token,
     }
 
@@ -219,12 +275,16 @@ def count_flops(
     score_passes = (1 + int(posc_pass)) if pruned_any and config.query != "none" else 0
 
     blank_layers = range(dims.score_layer(k) + 1 if posc_pass else 0)  # the blank pass stops at the scoring layer
+    # A sliding-window layer keeps its own window under SegM (it is local already); layers >= K keep it in the
+    # original positions of the kept tokens.
+    sliding, kept_sliding = _sliding_pairs(dims, layout, ideal, False), _sliding_pairs(dims, layout, ideal, True)
+    after = range(k, dims.num_layers)
     breakdown = {
-        **_stage(dims, "before_k", range(k), lengths, pairs, ideal),
-        **_stage(dims, "posc_pass", blank_layers, lengths, pairs, ideal),
+        **_stage(dims, "before_k", range(k), lengths, pairs, ideal, sliding),
+        **_stage(dims, "posc_pass", blank_layers, lengths, pairs, ideal, sliding),
         "scoring": score_passes * _score_pairs(layout, ideal) * dims.score_per_pair,
         "selection": _selection_flops(dims, layout, config) if pruned_any else 0,
-        **_stage(dims, "after_k", range(k, dims.num_layers), kept_lengths, _kept_pairs(layout, ideal), ideal),
+        **_stage(dims, "after_k", after, kept_lengths, _kept_pairs(layout, ideal), ideal, kept_sliding),
         "lm_head": lm_rows * dims.lm_head_per_token,
     }
     summary = {

@@ -15,27 +15,83 @@ from ..record import PruneRecord
 # ---------------------------------------------------------------------------------------------- model shape
 # The chunk length of the chunked gated delta rule (transformers' `torch_chunk_gated_delta_rule` and the fla kernels).
 DELTA_RULE_CHUNK = 64
-# Text configs whose linear-attention layers the count models (Qwen3.5's Gated DeltaNet, a dense MLP in every layer).
-LINEAR_MODEL_TYPES = ("qwen3_5_text",)
+# Text configs whose linear-attention layers the count models (Qwen3.5's Gated DeltaNet; a dense MLP in every layer of
+# qwen3_5_text, a mixture of experts with a gated shared expert in every layer of qwen3_5_moe_text).
+LINEAR_MODEL_TYPES = ("qwen3_5_text", "qwen3_5_moe_text")
+# Text configs whose mixture-of-experts MLPs the count models (their modeling files read for the exact structure):
+# Qwen3-MoE / Qwen3-VL-MoE (a router, top-k experts; dense layers by `mlp_only_layers` / `decoder_sparse_step`),
+# Qwen3.5-MoE (the same in every layer, plus a shared expert with a sigmoid gate) and GLM-4.5V (a router, top-k
+# experts and `n_shared_experts` shared ones; layers below `first_k_dense_replace` dense).
+MOE_MODEL_TYPES = ("qwen3_moe", "qwen3_vl_moe_text", "qwen3_5_moe_text", "glm4v_moe_text")
+SLIDING = "sliding_attention"
+LINEAR = "linear_attention"
+
+
+def _moe_fields(text: Any) -> dict[str, Any]:
+    """The mixture-of-experts fields of `TextDims` for a text config (empty without experts); refuses a routed MLP
+    of a family the count does not model."""
+    experts = next(
+        (getattr(text, n) for n in ("n_routed_experts", "num_experts", "num_local_experts") if getattr(text, n, None)),
+        0,
+    )
+    model_type = getattr(text, "model_type", None)
+    if not experts:
+        return {}
+    if model_type not in MOE_MODEL_TYPES:
+        # A routed MLP runs top-k of the experts (plus shared ones) per token, not `intermediate_size`.
+        raise UnsupportedModelError(
+            f"the FLOPs model counts the mixture-of-experts MLPs of {MOE_MODEL_TYPES} only, not "
+            f"{type(text).__name__} (model_type {model_type!r}, routing among {experts} experts); its figures would "
+            "be wrong, so none are given. Time the prefill instead (sharp_prune.measure.timing)."
+        )
+    layers = text.num_hidden_layers
+    shared, gate = 0, False
+    if model_type == "glm4v_moe_text":
+        moe = tuple(i >= text.first_k_dense_replace for i in range(layers))
+        shared = text.moe_intermediate_size * (text.n_shared_experts or 0)
+    elif model_type == "qwen3_5_moe_text":
+        moe = (True,) * layers
+        shared, gate = text.shared_expert_intermediate_size, True
+    else:  # qwen3_moe, qwen3_vl_moe_text
+        step, dense = text.decoder_sparse_step, set(text.mlp_only_layers or ())
+        moe = tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))
+    return dict(
+        moe_layers=moe,
+        num_experts=experts,
+        experts_per_token=text.num_experts_per_tok,
+        moe_intermediate_size=text.moe_intermediate_size,
+        shared_expert_size=shared,
+        shared_expert_gate=gate,
+    )
 
 
 @dataclass(frozen=True)
 class TextDims:
-    """Shape of a decoder-only text model (Llama / Qwen2 style: GQA attention, gated MLP), optionally hybrid.
+    """Shape of a decoder-only text model (Llama / Qwen2 style: GQA attention, gated MLP), optionally hybrid
+    (linear-attention layers), with sliding-window layers, or with mixture-of-experts MLPs.
 
     Attributes:
         hidden_size: D.
-        intermediate_size: I, the MLP width.
+        intermediate_size: I, the width of the dense MLP (of the dense layers of a mixture-of-experts stack).
         num_heads: H, query heads.
         num_kv_heads: key/value heads.
         head_dim: size of one head.
         num_layers: decoder layers.
         vocab_size: V, rows of the LM head.
-        layer_kinds: each layer's kind (`config.layer_types`); empty: full attention everywhere.
+        layer_kinds: each layer's kind (`config.layer_types`) on a stack with linear-attention or sliding-window
+            layers; empty: full attention everywhere.
         attn_output_gate: the query projection also produces a sigmoid gate of the attention output (Qwen3.5:
             `q_proj` is 2 H head_dim wide).
         linear_key_heads, linear_value_heads, linear_key_dim, linear_value_dim, linear_conv_kernel: the Gated
             DeltaNet layers' Hk, Hv, dk, dv and short-convolution width kc (0 without linear layers).
+        sliding_window: W of the sliding-window layers (0 without them): a query attends to the keys at most
+            W - 1 positions before it (transformers' `sliding_window_overlay`).
+        moe_layers: per layer, whether its MLP is a mixture of experts (empty: dense everywhere).
+        num_experts: E, routed experts (the router's width).
+        experts_per_token: k, experts each token runs.
+        moe_intermediate_size: Ie, the width of one expert.
+        shared_expert_size: Is, the width of the shared expert(s) every token runs in a MoE layer (0: none).
+        shared_expert_gate: the shared expert's output is gated by a D -> 1 projection (Qwen3.5-MoE).
     """
 
     hidden_size: int
@@ -52,6 +108,13 @@ class TextDims:
     linear_key_dim: int = 0
     linear_value_dim: int = 0
     linear_conv_kernel: int = 0
+    sliding_window: int = 0
+    moe_layers: tuple[bool, ...] = ()
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_size: int = 0
+    shared_expert_gate: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> TextDims:
@@ -59,46 +122,55 @@ class TextDims:
         if isinstance(config, nn.Module):
             config = config.config
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        kinds = tuple(getattr(text, "layer_types", None) or ())
-        if "sliding_attention" in kinds:
-            # The model counts every layer's attention over the whole prefix and the blank pass as K layers; a
-            # sliding layer attends within its window and the blank pass stops at the scoring layer.
+        model_type = getattr(text, "model_type", None)
+        if model_type == "gemma4_text":
             raise UnsupportedModelError(
-                f"the FLOPs model does not count sliding-window layers yet ({type(text).__name__} has them); its "
-                "figures would be wrong, so none are given. Time the prefill instead (sharp_prune.measure.timing)."
+                f"the FLOPs model does not count Gemma 4's text stack yet ({type(text).__name__}: per-layer head "
+                "sizes, key/value-sharing layers, per-layer inputs); its figures would be wrong, so none are given. "
+                "Time the prefill instead (sharp_prune.measure.timing)."
             )
-        experts = next((getattr(text, n) for n in ("n_routed_experts", "num_experts") if getattr(text, n, None)), 0)
-        if experts:
-            # A routed MLP runs top-k of the experts (plus shared ones) per token, not `intermediate_size`.
+        layers = text.num_hidden_layers
+        kinds = tuple(getattr(text, "layer_types", None) or ())[:layers]
+        unknown = sorted(set(kinds) - {"full_attention", SLIDING, LINEAR})
+        if unknown:
             raise UnsupportedModelError(
-                f"the FLOPs model does not count mixture-of-experts MLPs yet ({type(text).__name__} routes among "
-                f"{experts} experts); its figures would be wrong, so none are given. Time the prefill instead "
-                "(sharp_prune.measure.timing)."
+                f"the FLOPs model does not count decoder layers of kind {unknown} ({type(text).__name__}); its "
+                "figures would be wrong, so none are given."
             )
-        hybrid = "linear_attention" in kinds
-        if hybrid and getattr(text, "model_type", None) not in LINEAR_MODEL_TYPES:
+        if getattr(text, "use_bidirectional_attention", None):
+            raise UnsupportedModelError(
+                f"the FLOPs model counts causal decoders only ({type(text).__name__} has "
+                f"use_bidirectional_attention={text.use_bidirectional_attention!r}); its figures would be wrong, so "
+                "none are given."
+            )
+        moe = _moe_fields(text)
+        hybrid = LINEAR in kinds
+        if hybrid and model_type not in LINEAR_MODEL_TYPES:
             raise UnsupportedModelError(
                 f"the FLOPs model counts the linear-attention layers of {LINEAR_MODEL_TYPES} only, not "
-                f"{type(text).__name__} (model_type {getattr(text, 'model_type', None)!r}: a mixture-of-experts MLP "
-                "or other projections); its figures would be wrong, so none are given."
+                f"{type(text).__name__} (model_type {model_type!r}: other projections); its figures would be wrong, "
+                "so none are given."
             )
+        sliding = SLIDING in kinds
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         return cls(
             hidden_size=text.hidden_size,
-            intermediate_size=text.intermediate_size,
+            intermediate_size=getattr(text, "intermediate_size", None) or 0,
             num_heads=heads,
             num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
             head_dim=head_dim,
-            num_layers=text.num_hidden_layers,
+            num_layers=layers,
             vocab_size=text.vocab_size,
-            layer_kinds=kinds[: text.num_hidden_layers] if hybrid else (),
+            layer_kinds=kinds if hybrid or sliding else (),
             attn_output_gate=hybrid,  # Qwen3.5's attention layers always gate their output
             linear_key_heads=text.linear_num_key_heads if hybrid else 0,
             linear_value_heads=text.linear_num_value_heads if hybrid else 0,
             linear_key_dim=text.linear_key_head_dim if hybrid else 0,
             linear_value_dim=text.linear_value_head_dim if hybrid else 0,
             linear_conv_kernel=text.linear_conv_kernel_dim if hybrid else 0,
+            sliding_window=int(text.sliding_window) if sliding else 0,
+            **moe,
         )
 
     @property
@@ -110,8 +182,45 @@ class TextDims:
 
     @property
     def mlp_per_token(self) -> int:
-        """gate, up and down projections of one token in one layer."""
+        """gate, up and down projections of one token in one dense layer."""
         return 2 * 3 * self.hidden_size * self.intermediate_size
+
+    # ------------------------------------------------------------------ mixture of experts
+    @property
+    def has_moe(self) -> bool:
+        return any(self.moe_layers)
+
+    def is_moe(self, layer: int) -> bool:
+        return layer < len(self.moe_layers) and self.moe_layers[layer]
+
+    @property
+    def moe_per_token(self) -> int:
+        """One token through one mixture-of-experts MLP: the router (D -> E, 2 D E), the k experts it picks (gate,
+        up and down at Ie: 2 k 3 D Ie) and the shared expert (2 3 D Is, and its D -> 1 gate: 2 D). Softmax, top-k,
+        the routing weights and the sums are elementwise (0).
+
+        Both conventions count these k experts per token. transformers runs them so (`experts_implementation`
+        "grouped_mm", its default: one grouped matmul over the token-expert pairs; "batched_mm"; "eager": a loop over
+        the experts hit, each on its tokens), so the executed count is what the kernels run; `FlopCounterMode` sees
+        it once `flop_counter_mode` adds the grouped matmul it has no formula for. Executed counts padding tokens
+        (routed like any other), ideal does not.
+        """
+        d = self.hidden_size
+        routed = 2 * 3 * d * self.moe_intermediate_size * self.experts_per_token
+        shared = 2 * 3 * d * self.shared_expert_size + (2 * d if self.shared_expert_gate else 0)
+        return 2 * d * self.num_experts + routed + shared
+
+    def mlp_flops_per_token(self, layer: int) -> int:
+        """The MLP of one token in `layer`: `moe_per_token` in a mixture-of-experts layer, else `mlp_per_token`."""
+        return self.moe_per_token if self.is_moe(layer) else self.mlp_per_token
+
+    # ------------------------------------------------------------------ sliding-window layers
+    @property
+    def has_sliding(self) -> bool:
+        return SLIDING in self.layer_kinds
+
+    def is_sliding(self, layer: int) -> bool:
+        return layer < len(self.layer_kinds) and self.layer_kinds[layer] == SLIDING
 
     @property
     def attention_per_pair(self) -> int:
@@ -130,15 +239,15 @@ class TextDims:
     # ------------------------------------------------------------------ hybrid stacks (linear attention)
     @property
     def has_linear(self) -> bool:
-        return "linear_attention" in self.layer_kinds
+        return LINEAR in self.layer_kinds
 
     def is_linear(self, layer: int) -> bool:
-        return layer < len(self.layer_kinds) and self.layer_kinds[layer] == "linear_attention"
+        return layer < len(self.layer_kinds) and self.layer_kinds[layer] == LINEAR
 
     def score_layer(self, k: int) -> int:
-        """The layer that scores for a prune at K: K-1, or the last full-attention layer below K (the blank pass
-        runs layers 0..score_layer)."""
-        full = [i for i in range(k) if not self.is_linear(i)]
+        """The layer that scores for a prune at K: K-1, or the last full-attention layer below K (neither linear nor
+        sliding: `steps.sliding.score_layer`); the blank pass runs layers 0..score_layer."""
+        full = [i for i in range(k) if not self.is_linear(i) and not self.is_sliding(i)]
         return full[-1] if full else k - 1
 
     @property
@@ -198,6 +307,9 @@ class SampleLayout:
             last |Q| real tokens (the text after the video, or the last token).
         segments: [N] segment id of each visual token (ShaRP), or None.
         pre_dropped: visual tokens the pre-LLM stage removed before layer 0 (all real tokens).
+        kept: [B] sorted positions of the visual tokens that continue past layer K (the sliding-window layers >= K
+            count their window in these positions), or None: B of them spread evenly over the video
+            (`kept_positions`).
     """
 
     valid: torch.Tensor
@@ -206,6 +318,7 @@ class SampleLayout:
     query_rows: int = 0
     segments: torch.Tensor | None = None
     pre_dropped: int = 0
+    kept: torch.Tensor | None = None
 
     @property
     def real(self) -> int:
@@ -218,6 +331,18 @@ class SampleLayout:
     @property
     def num_segments(self) -> int:
         return int(self.segments.max()) + 1 if self.segments is not None and self.segments.numel() else 1
+
+    @property
+    def kept_positions(self) -> torch.Tensor:
+        """Sorted positions of the real tokens of layers >= K: every real text token and the kept visual tokens
+        (`kept`, or, when not known, B visual tokens spread evenly over the video: the i-th of B at visual index
+        floor(i N / B))."""
+        n, b = self.visual.numel(), self.kept_visual
+        kept = self.kept if self.kept is not None else self.visual[(torch.arange(b) * n) // max(n, 1)]
+        text = self.valid.clone()
+        text[self.visual] = False
+        text[kept] = True
+        return text.nonzero().flatten()
 
 
 @dataclass(frozen=True)
@@ -261,6 +386,7 @@ class PrefillLayout:
                 valid = record.attention_mask[i].bool().cpu()
             visual = record.visual_positions[i].cpu() if record.visual_positions else torch.empty(0, dtype=torch.long)
             pre_dropped = 0
+            kept = record.keep_positions[i].cpu()
             if record.pre_keep_positions is not None:
                 # The decoder sees every position but the visual tokens the pre-stage dropped.
                 survivors = record.pre_keep_positions[i].cpu()
@@ -270,6 +396,7 @@ class PrefillLayout:
                 index = keep.nonzero().flatten()
                 pre_dropped = visual.numel() - survivors.numel()
                 valid, visual = valid[index], torch.searchsorted(index, survivors)
+                kept = torch.searchsorted(index, kept)
             samples.append(
                 SampleLayout(
                     valid=valid,
@@ -278,6 +405,7 @@ class PrefillLayout:
                     query_rows=record.num_query_rows[i] if record.num_query_rows is not None else 0,
                     segments=record.segment_ids[i].cpu() if record.segment_ids is not None else None,
                     pre_dropped=pre_dropped,
+                    kept=kept,
                 )
             )
         return cls(samples=tuple(samples), input_len=record.seq_len)
@@ -294,7 +422,8 @@ class PrefillLayout:
         batch: int = 1,
     ) -> PrefillLayout:
         """Unpadded samples: `prompt_len` text tokens, `num_visual` video tokens in `num_segments`
-        near-equal segments, then the rest of the text."""
+        near-equal segments, then the rest of the text; the `kept_visual` kept video tokens spread evenly over the
+        video (what the sliding-window layers >= K see; `SampleLayout.kept_positions`)."""
         if not 0 <= prompt_len <= seq_len - num_visual:
             raise ConfigError(f"a video of {num_visual} tokens after {prompt_len} prompt tokens exceeds L={seq_len}.")
         visual = torch.arange(prompt_len, prompt_len + num_visual)
