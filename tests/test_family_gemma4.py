@@ -34,7 +34,7 @@ from sharp_prune.models.gemma4 import (
 )
 from sharp_prune.models.processors import TorchVideoOps, interpolate_frames
 from sharp_prune.steps.locate import VisualLayout
-from sharp_prune.testing import TinyVideo, tiny_inputs, tiny_model
+from sharp_prune.testing import TinyVideo, sample_of, tiny_inputs, tiny_model
 
 FAMILY = "gemma4"
 VIDEO, BOI, EOI = tiny_ids.VIDEO_TOKEN_ID, tiny_ids.VISION_START_ID, tiny_ids.VISION_END_ID
@@ -532,3 +532,147 @@ def test_posc_prior_is_the_scores_of_a_black_video_per_layer_inputs_included(uns
         unshared(**black)
         black_scores = handle.last.raw_scores[0]
     torch.testing.assert_close(prior, black_scores, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint
+# The tiny checkpoint (`tiny_gemma4_checkpoint`, 6 layers: the last two share KV): a 64 x 48 (4:3) video becomes
+# 72 x 56 frames of 9 x 7 = 63 soft tokens (max_soft_tokens 70, sides multiples of 8), a square one 64 x 64 frames of
+# 8 x 8 = 64. `sharp-prune run` and lmms-eval on it: tests/test_run.py, tests/test_lmms_cli.py.
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from sharp_prune.testing import tiny_gemma4_checkpoint
+
+    return tiny_gemma4_checkpoint(tmp_path_factory.mktemp("gemma4") / "ckpt", num_layers=6)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict:
+    pytest.importorskip("av")
+    from sharp_prune.testing import synthetic_video
+
+    folder = tmp_path_factory.mktemp("gemma4-videos")
+    return {
+        "wide": synthetic_video(folder / "wide.mp4", num_frames=36),
+        "square": synthetic_video(folder / "square.mp4", num_frames=36, width=48, height=48),
+    }
+
+
+def test_the_tiny_checkpoint_loads_with_its_processor(checkpoint):
+    """Without torchvision: Gemma4Processor with its four parts (the audio feature extractor included) and the
+    torch-only video processor; the tokenizer has Gemma 4's special tokens as attributes, the config their ids."""
+    from transformers.utils import is_torchvision_available
+
+    from sharp_prune.models.loading import load_model
+
+    model, processor = load_model(checkpoint, device="cpu")
+    assert type(model).__name__ == "Gemma4ForConditionalGeneration" and resolve_adapter(model) is FAMILIES[FAMILY]
+    assert type(processor).__name__ == "Gemma4Processor"
+    assert type(processor.feature_extractor).__name__ == "Gemma4AudioFeatureExtractor"
+    if not is_torchvision_available():
+        assert type(processor.video_processor) is torch_video_processors()[0]
+    tokenizer, config = processor.tokenizer, model.config
+    ids = {
+        "boi_token_id": tokenizer.convert_tokens_to_ids(tokenizer.boi_token),
+        "eoi_token_id": tokenizer.convert_tokens_to_ids(tokenizer.eoi_token),
+        "image_token_id": tokenizer.image_token_id,
+        "video_token_id": processor.video_token_id,
+        "audio_token_id": tokenizer.audio_token_id,
+        "boa_token_id": tokenizer.convert_tokens_to_ids(tokenizer.boa_token),
+        "eoa_token_index": tokenizer.convert_tokens_to_ids(tokenizer.eoa_token),
+    }
+    assert {name: getattr(config, name) for name in ids} == ids
+    assert len(set(ids.values())) == len(ids) and min(ids.values()) >= 49152  # new tokens after SmolLM2's
+    text = config.text_config
+    assert text.vocab_size == text.vocab_size_per_layer_input == len(tokenizer)
+    assert text.use_bidirectional_attention == "vision" and text.hidden_size_per_layer_input == 8
+    assert text.num_kv_shared_layers == 2 and not config.tie_word_embeddings
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize(("video", "grid"), [("wide", (7, 9)), ("square", (8, 8))])
+def test_the_checkpoints_processor_writes_the_layout_the_adapter_reads(checkpoint, clips, video, grid):
+    """Per frame its mm:ss timestamp, <boi>, the frame's soft tokens, <eoi>; under `generate` (no
+    `video_position_ids`) only the square frame's size is known."""
+    from sharp_prune.models.loading import build_inputs, load_processor
+    from sharp_prune.video import read_video
+
+    processor = load_processor(checkpoint)
+    clip = read_video(clips[video], 4)  # frames 4, 13, 22, 31 of 36 at 10 fps
+    inputs = build_inputs(processor, clip, "What moves?")
+    per_frame = grid[0] * grid[1]
+    text = processor.decode(inputs["input_ids"][0])
+    frames = [
+        f"{stamp} <|image>" + "<|video|>" * per_frame + "<image|>" for stamp in ("00:00", "00:01", "00:02", "00:03")
+    ]
+    assert " ".join(frames) in text
+    assert text.startswith("<|im_start|><|turn>user\n") and text.endswith("What moves?<turn|>\n<|turn>model\n")
+    assert inputs["pixel_values_videos"].shape == (4, 280, 48) and inputs["num_frames_per_video"].tolist() == [4]
+    assert (inputs["mm_token_type_ids"] == 2).sum() == 4 * per_frame
+    from sharp_prune.models.loading import load_config
+
+    model = types.SimpleNamespace(config=load_config(checkpoint))
+    layout = locate_gemma4(model, _call(dict(inputs)), None)
+    assert layout.grid == grid and layout.num_visual == 4 * per_frame and layout.frames == 4
+    assert locate_gemma4(model, _call(dict(inputs), with_positions=False), None).grid == (
+        grid if grid[0] == grid[1] else None
+    )
+
+
+def test_the_sharp_gemma4_wrapper_decodes_video_files_as_transformers_would(checkpoint, clips):
+    """lmms-eval's `gemma4` hands video files to `apply_chat_template` with ``videos_kwargs`` (num_frames,
+    do_sample_frames); transformers would decode them with torchcodec. The pruned wrapper's processor decodes the
+    frames the video processor samples with PyAV and passes their indices and rate: the same inputs, timestamps
+    included, as transformers sampling the whole decoded video itself."""
+    from transformers.video_utils import VideoMetadata
+
+    from sharp_prune.integrations.lmms_eval.mixin import SharpPruneMixin, _SamplingEvalProcessor
+    from sharp_prune.models.loading import load_processor
+    from sharp_prune.video import read_frames
+
+    processor = load_processor(checkpoint)
+    owner = types.SimpleNamespace(processor=processor, prune_stats=None)
+    wrapped = _SamplingEvalProcessor(processor, functools.partial(SharpPruneMixin._read_sampled_video, owner))
+    path = str(clips["wide"])
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
+        {"role": "user", "content": [{"type": "video", "video": path}, {"type": "text", "text": "What moves?"}]},
+    ]
+    videos_kwargs = {"max_soft_tokens": 70, "num_frames": 5, "do_sample_frames": True}
+    options = {"text_kwargs": {"padding": True, "pad_to_multiple_of": 8}, "videos_kwargs": videos_kwargs}
+    got = wrapped.apply_chat_template(
+        [messages],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs=options,
+    )
+    assert videos_kwargs["do_sample_frames"] is True, "the caller's options are not changed"
+    prompt = processor.apply_chat_template([messages], add_generation_prompt=True, tokenize=False)
+    expected = processor(
+        text=prompt,
+        videos=[read_frames(path, 36)],
+        video_metadata=[VideoMetadata(total_num_frames=36, fps=10.0)],
+        return_tensors="pt",
+        text_kwargs=options["text_kwargs"],
+        videos_kwargs=videos_kwargs,
+    )
+    assert torch.equal(got["input_ids"], expected["input_ids"])
+    assert torch.equal(got["pixel_values_videos"], expected["pixel_values_videos"])
+    text = processor.decode(got["input_ids"][0])
+    assert [text.count(f"{stamp} <|image>") for stamp in ("00:00", "00:01", "00:02")] == [2, 1, 2]  # 0 7 14 21 28
+
+
+def test_a_padded_batch_generates_with_shared_kv_as_its_samples_do_alone(shared):
+    """Left padding makes the decode-step masks tensors (unpadded, transformers passes none to full-attention layers),
+    and the engine checks a full-attention layer's cut mask against what its cache held before the step plus the
+    new tokens. A KV-sharing layer (5: source 3) reads its source's cache, which already holds this step's tokens:
+    they must not count twice. lmms-eval's gemma4 wrapper pads every prompt to a multiple of 8 tokens."""
+    inputs = tiny_inputs(shared, [3, 6], [5, 5], padding_side="left")
+    config = sp.PruneConfig(method="sharp", retention=0.3, layer=2, posc=False)
+    with sp.apply(shared, config), torch.no_grad():
+        tokens = shared.generate(**inputs, max_new_tokens=3, do_sample=False)
+        singles = [shared.generate(**sample_of(inputs, i), max_new_tokens=3, do_sample=False) for i in range(2)]
+    assert tokens.shape == (2, inputs["input_ids"].shape[1] + 3)
+    for i, single in enumerate(singles):
+        assert torch.equal(tokens[i, -3:], single[0, -3:]), i

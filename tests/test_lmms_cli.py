@@ -21,6 +21,7 @@ pytest.importorskip("av")
 import sharp_prune as sp  # noqa: E402
 from sharp_prune.testing import (  # noqa: E402
     synthetic_video,
+    tiny_gemma4_checkpoint,
     tiny_internvl_checkpoint,
     tiny_llava_onevision_checkpoint,
     tiny_qwen_vl_checkpoint,
@@ -394,3 +395,79 @@ def test_bad_internvl_documents_fail_alone(workdir, internvl_checkpoint, tmp_pat
     assert by_doc[2]["visual_tokens"] == (INTERNVL_FRAMES - 3) * INTERNVL_TOKENS_PER_FRAME
     summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
     assert (summary["requests"], summary["failed"], summary["warnings"]) == (3, 1, 1)
+
+
+# ------------------------------------------------------------------------------------------------- Gemma 4
+# Upstream's simple gemma4 wrapper hands the video files to the processor's `apply_chat_template`, with num_frames =
+# max_num_frames and its own frame sampling (evenly from the first frame to the last); transformers would decode them
+# with torchcodec, sharp-prune decodes those frames with PyAV and passes their indices and rate (the processor writes
+# each frame's mm:ss from them). max_soft_tokens=70 (upstream's default is 280): the tiny checkpoint (4 layers; patch
+# 4, pooling 2) makes a 64 x 48 frame 72 x 56 pixels, 9 x 7 = 63 tokens, and a 48 x 48 frame 64 x 64 pixels, 8 x 8 = 64
+# tokens. 6 layers, the last two sharing KV: upstream pads every prompt to a multiple of 8 tokens, so decoding runs a
+# padded batch of one through them. lmms-eval answers with `generate`, which drops `video_position_ids` before the
+# prefill: PosC (sharp's default) knows a frame's size only when it is square, so the 4:3 videos run without it
+# (posc=false) and square videos with it; 4:3 videos with it fail each document alone, saying why.
+GEMMA4_FRAMES = 8
+GEMMA4_ARGS = f"max_num_frames={GEMMA4_FRAMES},max_soft_tokens=70,device_map=cpu"
+
+
+@pytest.fixture(scope="module")
+def gemma4_workdir(workdir: Path) -> Path:
+    """The tiny Gemma 4 checkpoint, and a task folder of square copies of the workdir's videos."""
+    folder = workdir / "gemma4"
+    tiny_gemma4_checkpoint(folder / "ckpt", num_layers=6)
+    rows = []
+    for i, total in enumerate(VIDEO_FRAMES):
+        video = synthetic_video(folder / f"square{i}.mp4", num_frames=total, width=48, height=48)
+        rows.append({"id": i, "video": str(video), "question": f"What moves in clip {i}?", "answer": "squares"})
+    _write_jsonl(folder / "data.jsonl", rows)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("videos", "posc", "tokens_per_frame"), [("square", True, 64), ("4:3", False, 63)], ids=["square", "4:3"]
+)
+def test_the_cli_evaluates_a_pruned_gemma4(workdir, gemma4_workdir, videos, posc, tokens_per_frame):
+    """Gemma 4 through lmms-eval's simple gemma4 wrapper (its only one), without torchvision or torchcodec here."""
+    folder = gemma4_workdir if videos == "square" else workdir
+    out = f"gemma4_{'posc' if posc else 'no_posc'}"
+    prune = folder / out / "prune"
+    base = f"pretrained={gemma4_workdir / 'ckpt'},{GEMMA4_ARGS}"
+    args = f"method=sharp,retention=0.2,layer=2,posc={str(posc).lower()},prune_log={prune}"
+    run = _lmms(folder, out, args, model="sharp_gemma4", base_args=base)
+    assert "exact_match,none" in run["results"]["results"][TASK]
+    assert sorted(run["answers"]) == list(range(DOCS))
+    assert all(a not in ("", [""], [[""]]) for a in run["answers"].values()), "untied weights answer in words"
+    rows = {row["doc_id"]: row for row in _prune_rows(prune, "*_rank0of1_samples.jsonl")}
+    assert sorted(rows) == list(range(DOCS)), "one statistics row per document"
+    visual = GEMMA4_FRAMES * tokens_per_frame
+    config = sp.PruneConfig(method="sharp", retention=0.2, posc=posc)
+    for doc in range(DOCS):
+        row = rows[doc]
+        assert row["error"] is None and row["warning"] is None, row
+        assert row["visual_tokens"] == visual and row["kept_visual_tokens"] == config.budget(visual)
+    summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
+    assert summary["requests"] == DOCS and summary["failed"] == 0 and summary["model"] == "sharp_gemma4"
+    assert summary["config"]["posc"] is posc
+    # the FLOPs model does not count Gemma 4's text stack (yet): the summary says so instead of counting wrong
+    assert summary.get("flops_not_counted") or summary["prefill_tflops"] > 0
+
+
+def test_gemma4_documents_posc_cannot_prune_fail_alone_saying_why(workdir, gemma4_workdir):
+    """4:3 videos under PosC: the frame size is unknown under generate, so each document fails alone (answered "",
+    its row says why) and the run goes on, instead of one refused input stopping the whole evaluation."""
+    prune = workdir / "gemma4_posc_wide" / "prune"
+    base = f"pretrained={gemma4_workdir / 'ckpt'},{GEMMA4_ARGS}"
+    run = _lmms(
+        workdir,
+        "gemma4_posc_wide",
+        f"method=sharp,retention=0.2,layer=2,prune_log={prune}",
+        model="sharp_gemma4",
+        base_args=base,
+    )
+    assert sorted(run["answers"]) == list(range(DOCS))
+    assert all(a in ("", [""], [[""]]) for a in run["answers"].values())
+    rows = {row["doc_id"]: row for row in _prune_rows(prune, "*_rank0of1_samples.jsonl")}
+    assert sorted(rows) == list(range(DOCS)) and all("square aspect ratio" in row["error"] for row in rows.values())
+    summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
+    assert (summary["requests"], summary["failed"]) == (DOCS, DOCS)

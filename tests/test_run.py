@@ -21,6 +21,7 @@ from sharp_prune.run import RunResult, run  # noqa: E402
 from sharp_prune.testing import (  # noqa: E402
     synthetic_video,
     tiny_causal_lm,
+    tiny_gemma4_checkpoint,
     tiny_llava_onevision_checkpoint,
     tiny_model,
     tiny_qwen_vl_checkpoint,
@@ -56,6 +57,11 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def qwen3_checkpoint(tmp_path_factory):
     return tiny_qwen_vl_checkpoint(tmp_path_factory.mktemp("tiny-qwen3-vl") / "ckpt", "qwen3_vl")
+
+
+@pytest.fixture(scope="module")
+def gemma4_checkpoint(tmp_path_factory):
+    return tiny_gemma4_checkpoint(tmp_path_factory.mktemp("tiny-gemma4") / "ckpt", num_layers=6)
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -299,4 +305,57 @@ def test_cli_run_with_qwen3_vl_prints_json(qwen3_checkpoint, media, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["model_class"] == "Qwen3VLForConditionalGeneration" and data["frames"] == 4
     assert data["video_tokens"] == 2 * 12 * 16 // 4 and data["kept_tokens"] == data["video_tokens"] // 4
+    assert data["answer"]
+
+
+# ------------------------------------------------------------------------------------------------- Gemma 4
+# The tiny Gemma 4 checkpoint (6 layers, the last two sharing KV; max_soft_tokens 70, patch 4, pooling 2): a 64 x 48
+# clip becomes 72 x 56 frames of 9 x 7 = 63 tokens, a 48 x 48 one 64 x 64 frames of 8 x 8 = 64 tokens. `run` answers
+# with `generate`, which drops `video_position_ids` before the prefill: PosC (sharp's default) knows the frame size
+# only when the frame is square, so the 4:3 clip prunes without PosC and the square one with it.
+GEMMA4_WIDE_TOKENS, GEMMA4_SQUARE_TOKENS = 63, 64
+
+
+def test_run_answers_with_gemma4_pruned(gemma4_checkpoint, media):
+    model, processor = load_model(gemma4_checkpoint, device="cpu")
+    question = "What moves?"
+    config = sp.PruneConfig(method="sharp", retention=0.2, layer=2, posc=False)
+    result = run(model, media["clip"], question, config=config, processor=processor, num_frames=4, max_new_tokens=4)
+    assert result.model_class == "Gemma4ForConditionalGeneration"
+    n = 4 * GEMMA4_WIDE_TOKENS
+    assert result.record.num_visual == [n] and result.video_tokens == n
+    assert result.record.budget == [config.budget(n)] and result.kept_tokens == config.budget(n)
+    assert result.answer  # untied random weights answer in (nonsense) words
+    inputs = build_inputs(processor, read_video(media["clip"], 4), question)
+    assert result.prompt_tokens == inputs["input_ids"].shape[1]
+    assert int((inputs["input_ids"] == processor.video_token_id).sum()) == n
+    text = processor.decode(inputs["input_ids"][0])
+    for stamp in ("00:00", "00:01", "00:02", "00:03"):  # frames 4, 13, 22, 31 at 10 fps
+        assert f"{stamp} <|image><|video|>" in text
+    with pytest.raises(sp.InputError, match="known only for square frames"):
+        run(
+            model,
+            media["clip"],
+            question,
+            config=sp.PruneConfig(method="sharp", retention=0.2, layer=2),
+            processor=processor,
+            num_frames=4,
+            max_new_tokens=2,
+        )
+    assert _hooks_and_attention(model) == (0, "sdpa")  # removed after the failed run too
+
+
+def test_cli_run_with_gemma4_prunes_a_square_video_with_posc(gemma4_checkpoint, tmp_path, capsys):
+    square = synthetic_video(tmp_path / "square.mp4", num_frames=TOTAL, width=48, height=48)
+    parser = argparse.ArgumentParser(prog="sharp-prune")
+    add_run_parser(parser.add_subparsers(dest="command", required=True))
+    argv = ["run", "--model", str(gemma4_checkpoint), "--video", str(square), "--question", "What moves?"]
+    argv += ["--method", "sharp", "--retention", "0.25", "--layer", "2", "--frames", "4", "--max-new-tokens", "2"]
+    argv += ["--prefill-repeats", "1", "--device", "cpu", "--json"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model_class"] == "Gemma4ForConditionalGeneration" and data["frames"] == 4
+    assert data["config"]["method"] == "sharp" and data["config"]["posc"] is True
+    assert data["video_tokens"] == 4 * GEMMA4_SQUARE_TOKENS and data["kept_tokens"] == GEMMA4_SQUARE_TOKENS
     assert data["answer"]

@@ -208,6 +208,17 @@ def tiny_llava_onevision_checkpoint(
     return folder
 
 
+def _smollm2_dir(tokenizer_dir: str | Path | None) -> str | Path:
+    """`tokenizer_dir`, default the `sharp_prune.smollm2` cache (filled on first use)."""
+    if tokenizer_dir is None:
+        from .smollm2 import DEFAULT_CACHE, load_smollm2
+
+        if not (DEFAULT_CACHE / "tokenizer.json").is_file():
+            load_smollm2()  # dequantises the GGUF once and fills the cache
+        tokenizer_dir = DEFAULT_CACHE
+    return tokenizer_dir
+
+
 def _smollm2_tokenizer(tokenizer_dir: str | Path | None, special_tokens: list[str]) -> Any:
     """SmolLM2's tokenizer (from `tokenizer_dir`, default the `sharp_prune.smollm2` cache, filled on first use)
     with `special_tokens` added."""
@@ -453,6 +464,113 @@ def tiny_internvl_checkpoint(
     return folder
 
 
+# Gemma 4's special tokens, as the released checkpoints' tokenizers name them (`extra_special_tokens`): the processor
+# reads each as a tokenizer attribute (`tokenizer.boi_token`, `tokenizer.image_token_id`, ...).
+GEMMA4_SPECIAL_TOKENS = {
+    "image_token": "<|image|>",
+    "boi_token": "<|image>",
+    "eoi_token": "<image|>",
+    "video_token": "<|video|>",
+    "audio_token": "<|audio|>",
+    "boa_token": "<|audio>",
+    "eoa_token": "<audio|>",
+}
+
+# Gemma 4's chat template, reduced to what the tiny checkpoint needs: `<|turn>role ... <turn|>` turns (the assistant
+# is "model"), a system turn where the messages have one, an image / video placeholder (`<|image|>` / `<|video|>`)
+# where the content puts it; the processor writes each video as, per frame, "mm:ss <|image>" + its soft tokens +
+# "<image|>".
+GEMMA4_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<|image|>' }}"
+    "{% elif item['type'] == 'video' %}{{ '<|video|>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<turn|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|turn>model\\n' }}{% endif %}"
+)
+
+
+def tiny_gemma4_checkpoint(
+    path: str | Path,
+    num_layers: int = 4,
+    seed: int = 0,
+    tokenizer_dir: str | Path | None = None,
+    max_soft_tokens: int = 70,
+) -> Path:
+    """Save a complete tiny Gemma 4 checkpoint (random weights, real processor) to `path`.
+
+    The model is `Gemma4ForConditionalGeneration` on `sharp_prune.models.gemma4.tiny_gemma4_config` (bidirectional
+    attention inside frames in sliding layers, per-layer inputs, from 6 layers on the last two layers sharing KV;
+    vision patch 4, 2 x 2 pooling; no audio tower) with the tokenizer's ids and untied embeddings. The tokenizer is
+    SmolLM2's with Gemma 4's special tokens (`GEMMA4_SPECIAL_TOKENS`) as named extra special tokens, which
+    `Gemma4Processor` reads as tokenizer attributes. The processor is `Gemma4Processor` (an audio feature
+    extractor, an image processor, the video processor with `max_soft_tokens` soft tokens per frame, a chat
+    template: `GEMMA4_CHAT_TEMPLATE`), saved as transformers saves the real one: `AutoProcessor` loads it where
+    torchvision is installed, `sharp_prune.models.loading.load_processor` (with sharp-prune's torch-only video
+    processor) everywhere.
+
+    Frame sizes: the processor resizes each frame, keeping its aspect ratio, to the largest multiple of 8 x 8
+    pixels (patch 4, pooling 2) within `max_soft_tokens` soft tokens. With the default 70: a 64 x 48 (4:3) video
+    gives 72 x 56 frames, 9 x 7 = 63 soft tokens (not square: PosC cannot run under `generate`, see
+    `sharp_prune.models.gemma4.GENERATE_GRID_HINT`); a square video gives 8 x 8 = 64 tokens a frame. No budget
+    makes a 4:3 frame square: the sides keep the aspect ratio to within one 8-pixel step, and the smallest budget
+    (70) already gives a 7 x 9 grid.
+    """
+    from transformers import AutoTokenizer, Gemma4ForConditionalGeneration, Gemma4Processor
+    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+    from transformers.utils import is_torchvision_available
+
+    from .models.gemma4 import POOLING, tiny_gemma4_config, torch_video_processors
+    from .models.processors import accepting_processor_class
+
+    folder = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(_smollm2_dir(tokenizer_dir), extra_special_tokens=GEMMA4_SPECIAL_TOKENS)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = {
+        name[: -len("_token")] + "_token_id": tokenizer.convert_tokens_to_ids(token)
+        for name, token in GEMMA4_SPECIAL_TOKENS.items()
+    }
+    ids["eoa_token_index"] = ids.pop("eoa_token_id")
+    config = tiny_gemma4_config(
+        num_layers,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_id,
+        **ids,
+    )
+    config.tie_word_embeddings = config.text_config.tie_word_embeddings = False  # untied: answers in words
+    torch.manual_seed(seed)
+    model = Gemma4ForConditionalGeneration(config).eval()
+    table = model.model.vision_tower.patch_embedder.position_embedding_table
+    with torch.no_grad():  # drawn at random, as `tiny_model("gemma4")` does (transformers' ones make patches alike)
+        table.copy_(torch.randn(table.shape, generator=torch.Generator().manual_seed(seed)) * 0.5)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = pad_id
+    model.save_pretrained(folder)
+
+    vision = config.vision_config
+    patches = dict(patch_size=vision.patch_size, pooling_kernel_size=POOLING)
+    processor_cls = Gemma4Processor
+    if is_torchvision_available():
+        from transformers import Gemma4VideoProcessor as video_cls
+    else:
+        (video_cls,) = torch_video_processors()
+        processor_cls = accepting_processor_class(processor_cls)
+    processor = processor_cls(
+        feature_extractor=Gemma4AudioFeatureExtractor(),
+        image_processor=Gemma4ImageProcessorPil(**patches, max_soft_tokens=max_soft_tokens),
+        tokenizer=tokenizer,
+        video_processor=video_cls(**patches, max_soft_tokens=max_soft_tokens),
+        image_seq_length=max_soft_tokens,
+        chat_template=GEMMA4_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
 def synthetic_video(
     path: str | Path,
     num_frames: int = 36,
@@ -491,6 +609,8 @@ def synthetic_video(
 
 __all__ = [
     "IMAGE_TOKEN_ID",
+    "GEMMA4_CHAT_TEMPLATE",
+    "GEMMA4_SPECIAL_TOKENS",
     "INTERNVL_CHAT_TEMPLATE",
     "LLAVA_ONEVISION_CHAT_TEMPLATE",
     "PAD_ID",
@@ -508,6 +628,7 @@ __all__ = [
     "sample_of",
     "synthetic_video",
     "tiny_causal_lm",
+    "tiny_gemma4_checkpoint",
     "tiny_inputs",
     "tiny_internvl_checkpoint",
     "tiny_llava_onevision_checkpoint",

@@ -160,9 +160,12 @@ class Decode(Forward):
             return None
         window = self.windows[index] if index < len(self.windows) else None
         source = self.kv_sources[index] if index < len(self.kv_sources) else index
+        new = call.hidden_states.shape[1]
+        # tokens cached before this step: a KV-sharing layer's source ran earlier in this step and holds them already
+        cached = hf.cache_length(call.cache, source) - (new if source != index else 0)
         cut = self._cut.get(id(mask))
         if cut is None and window is not None:
-            cached, new, plan = hf.cache_length(call.cache, source), call.hidden_states.shape[1], self.plan
+            plan = self.plan
             cut = self._cut[id(mask)] = decode_window_mask(
                 mask, plan.index, plan.kept_valid, plan.seq_len, cached, new, window
             )
@@ -170,8 +173,7 @@ class Decode(Forward):
             return call.replaced(attention_mask=cut)
         if cut is None:
             cut = self._cut[id(mask)] = slice_mask(mask, None, decode_columns(self.plan, mask.shape[-1]))
-        new = call.hidden_states.shape[1]
-        expected = hf.cache_length(call.cache, source) + new
+        expected = cached + new
         if cut.shape[-1] != expected:
             raise hf.protocol_error(
                 f"decoding: decoder layer {index} caches {expected - new} tokens, but its attention mask, cut to the "

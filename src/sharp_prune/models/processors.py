@@ -13,8 +13,11 @@ the processor accepts that video processor. Everything else (chat template, toke
 checkpoint's processor code. This works for video processors that keep the base `resize` (LLaVA-OneVision,
 LLaVA-NeXT-Video). A video processor module that imports torchvision at the top needs a port of its own, named
 by the family's entry (`ModelAdapter.video_processors`): Qwen2-VL / Qwen2.5-VL (`qwen_video_processing`),
-Qwen3-VL / Qwen3.5 (`qwen3_video_processing`), GLM-4.1V and InternVL (in their entries). Without one (GLM-4.6V,
-VideoLLaMA3) the checkpoint needs torchvision installed, and a clear `ModelLoadError` says so.
+Qwen3-VL / Qwen3.5 (`qwen3_video_processing`), VideoLLaMA3 (`video_llama_3_video_processing`), GLM-4.1V /
+GLM-4.6V, InternVL and Gemma 4 (in their entries). Without one the checkpoint needs torchvision installed, and a
+clear `ModelLoadError` says so. The
+processor's other parts load with their Auto classes: the tokenizer, the image processor (its PIL backend), and an
+audio feature extractor (Gemma 4's), which needs no torchvision.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def processor_without_torchvision(
             (e.g. Qwen-VL's ``min_pixels`` / ``max_pixels``).
     """
     import transformers
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
     from transformers.processing_utils import ProcessorMixin
     from transformers.video_processing_utils import VideoProcessorMixin
 
@@ -71,6 +74,8 @@ def processor_without_torchvision(
             video_cls = _torch_video_processor(video_dict, model_type, video_processors)
             options = {k: v for k, v in kwargs.items() if k in video_cls.valid_kwargs.__annotations__}
             args.append(video_cls.from_dict({**video_dict, **options}))
+        elif attribute == "feature_extractor":  # an audio feature extractor (Gemma 4's): needs no torchvision
+            args.append(AutoFeatureExtractor.from_pretrained(source))
         else:
             raise ModelLoadError(f"{name} needs a {attribute}, which sharp-prune cannot load without torchvision.")
     return accepting_processor_class(processor_cls).from_args_and_dict(args, processor_dict)

@@ -24,7 +24,7 @@ from typing import Any
 from ... import __version__
 from ...config import check_layer
 from ...engine.handle import apply
-from ...errors import ModelLoadError, UnsupportedModelError, VideoError
+from ...errors import InputError, ModelLoadError, UnsupportedModelError, VideoError
 from .model_args import split_model_args
 from .stats import PrefillStats, new_run_id
 
@@ -164,21 +164,59 @@ class _EvalProcessor:
 
 class _SamplingEvalProcessor(_EvalProcessor):
     """The upstream processor, for wrappers that hand it video files and let it sample the frames (lmms-eval's
-    `internvl_hf`: ``do_sample_frames=True`` with ``num_frames`` / ``fps``). transformers 5 decodes a file with
+    `internvl_hf`: ``do_sample_frames=True`` with ``num_frames`` / ``fps``; `gemma4`: the same in ``videos_kwargs``
+    of `apply_chat_template`, which collects the files from the messages). transformers 5 decodes a file with
     torchcodec only (torchvision's video decoding is gone); here each file is decoded with PyAV at the frames the
     checkpoint's own video processor samples (its `sample_frames`, from the file's frame count and rate), and the
-    processor gets those frames with ``do_sample_frames=False``: the same frames, without torchcodec."""
+    processor gets those frames with ``do_sample_frames=False`` and their metadata (frame indices, fps: Gemma 4
+    writes each frame's timestamp from them): the same frames, without torchcodec."""
 
     def __call__(self, *args: Any, images: Any = None, videos: Any = None, **kwargs: Any) -> Any:
-        if isinstance(videos, (list, tuple)) and any(isinstance(v, (str, os.PathLike)) for v in videos):
-            sample = {key: kwargs.get(key) for key in ("num_frames", "fps")}
-            videos = [self._read(v, **sample) if isinstance(v, (str, os.PathLike)) else v for v in videos]
-            kwargs["do_sample_frames"] = False
+        options = kwargs  # the video options go where the caller put them: `apply_chat_template` nests them
+        if isinstance(kwargs.get("videos_kwargs"), dict):
+            options = kwargs["videos_kwargs"] = dict(kwargs["videos_kwargs"])
+        if isinstance(videos, (list, tuple)) and any(_is_path(v) for v in _leaves(videos)):
+            sample = {key: options.get(key) for key in ("num_frames", "fps")}
+            metadata: list[Any] = []
+
+            def read(video: Any) -> Any:
+                if isinstance(video, (list, tuple)):  # one sample's videos (`apply_chat_template`), or frames
+                    return [read(v) for v in video]
+                if not _is_path(video):
+                    metadata.append(None)
+                    return video
+                clip = self._read(video, **sample)
+                if isinstance(clip, _VideoFailure):  # `generate_until` fails this document alone
+                    raise VideoError(clip.message)
+                metadata.append(clip.metadata())
+                return clip.frames
+
+            videos = [read(v) for v in videos]
+            options["do_sample_frames"] = False
+            if all(m is not None for m in metadata) and "video_metadata" not in options:
+                options["video_metadata"] = metadata
         return super().__call__(*args, images=images, videos=videos, **kwargs)
+
+    def apply_chat_template(self, *args: Any, **kwargs: Any) -> Any:
+        """The processor's own, calling this wrapper (not the processor) for the inputs it builds, so the video
+        files it collects from the messages are decoded here."""
+        return type(self._processor).apply_chat_template(self, *args, **kwargs)
+
+
+def _is_path(video: Any) -> bool:
+    return isinstance(video, (str, os.PathLike))
+
+
+def _leaves(videos: Any) -> Iterator[Any]:
+    for video in videos:
+        if isinstance(video, (list, tuple)):
+            yield from _leaves(video)
+        else:
+            yield video
 
 
 # Upstream wrappers whose processor gets video files and samples their frames itself (see `_SamplingEvalProcessor`).
-_SAMPLING_PROCESSOR_WRAPPERS = ("internvl_hf",)
+_SAMPLING_PROCESSOR_WRAPPERS = ("internvl_hf", "gemma4")
 
 
 def _place(upstream: type, rest: dict[str, Any]) -> None:
@@ -285,8 +323,9 @@ class SharpPruneMixin:
 
     def _read_sampled_video(self, video: Any, num_frames: int | None = None, fps: float | None = None) -> Any:
         """The frames of a video file the checkpoint's video processor would sample (`num_frames`, else `fps` a
-        second), decoded with PyAV: uint8 [F, H, W, 3], or a `_VideoFailure` when it cannot be read. A video with
-        fewer frames than `num_frames` gives all of them, with a warning (transformers would refuse it)."""
+        second), decoded with PyAV: a `VideoClip` (uint8 frames [F, H, W, 3], their indices, the video's rate), or a
+        `_VideoFailure` when it cannot be read. A video with fewer frames than `num_frames` gives all of them, with
+        a warning (transformers would refuse it)."""
         from transformers.video_utils import VideoMetadata
 
         from ...video import probe_video, read_video_at
@@ -309,7 +348,7 @@ class SharpPruneMixin:
                 total_num_frames=total, fps=info.fps, duration=info.duration_s, video_backend="pyav"
             )
             indices = self.processor.video_processor.sample_frames(metadata, num_frames=num_frames, fps=fps)
-            return read_video_at(path, [int(i) for i in indices]).frames
+            return read_video_at(path, [int(i) for i in indices])
         except (VideoError, ValueError) as err:  # ValueError: the video processor cannot sample this video
             return _VideoFailure(str(err))
 
@@ -342,7 +381,8 @@ class SharpPruneMixin:
 
     def generate_until(self, requests: list[Any]) -> list[Any]:
         """Upstream's `generate_until`, one request at a time, with one statistics row per request; a document
-        whose video cannot be read (`VideoError`) is answered "" and counted failed, and the run goes on.
+        whose video cannot be read (`VideoError`), or whose input the engine refuses (`InputError`: Gemma 4's
+        non-square frames under PosC, say), is answered "" and counted failed with its reason, and the run goes on.
         With batch_size > 1 upstream runs whole batches (one row per batch: upstream reads a batch's visuals
         through its first request, so rows cannot name their documents)."""
         patches = _without_torchvision()
@@ -358,7 +398,7 @@ class SharpPruneMixin:
             for request in tqdm(requests, disable=int(getattr(self, "rank", 0)) != 0, desc="Model Responding"):
                 try:
                     answers.extend(super().generate_until([self._tracked(request)]))
-                except VideoError as err:
+                except InputError as err:  # its video cannot be read, or the engine refuses its input (VideoError too)
                     logger.error("sharp-prune: %s", err)
                     self.prune_stats.fail(str(err))
                     answers.append("")

@@ -34,6 +34,7 @@ from torch import nn
 
 from ... import hf_protocol as hf
 from ...engine.handle import PruneHandle
+from ...errors import UnsupportedModelError
 from ...measure.flops import prefill_flops
 from ...measure.timing import Stopwatch
 from ...record import PruneRecord
@@ -53,7 +54,8 @@ class SampleStats:
         seq_len, kept_len: the prefill's sequence length before and after layer K.
         prefill_flops, unpruned_prefill_flops: text-decoder FLOPs of this prefill and of the same prefill
             unpruned (`sharp_prune.measure.flops.prefill_flops`, "executed" convention; the vision tower is the same
-            either way and is not counted).
+            either way and is not counted); 0 for a model whose text stack the FLOPs model does not count (Gemma 4:
+            the summary's ``flops_not_counted`` says why).
         prefill_s: wall time of the prefill forward in seconds (transformers encodes the video before it);
             None with ``prune_timing=false``.
         error: why the request failed (its video could not be read, it has no video, generation failed), else
@@ -195,8 +197,13 @@ class PrefillStats:
         row.kept_visual_tokens = int(record.budget[0]) if record.budget else 0
         row.retained_fraction = record.retained_fraction[0] if record.num_visual else 1.0
         row.seq_len, row.kept_len = record.seq_len, record.kept_len
-        if row.visual_tokens:
-            report = prefill_flops(self.model, record)
+        if row.visual_tokens and "flops_not_counted" not in self.meta:
+            try:
+                report = prefill_flops(self.model, record)
+            except UnsupportedModelError as err:  # a text stack the FLOPs model does not count (Gemma 4): 0
+                self.meta["flops_not_counted"] = str(err)
+                logger.warning("sharp-prune: no FLOPs in the statistics: %s", err)
+                return
             row.prefill_flops, row.unpruned_prefill_flops = report.total, report.unpruned
 
     # ------------------------------------------------------------------ output
