@@ -194,9 +194,9 @@ def test_every_method_prunes_and_generates(model, cfg):
 
 
 def test_the_flops_model_counts_sliding_layers_as_the_counter_does(model):
-    """Sliding layers are counted (tests/test_flops_sliding.py has the rest); Gemma 4's text stack is refused."""
+    """Sliding layers are counted (tests/test_flops_sliding.py has the rest), and Gemma 4's text stack with them
+    (tests/test_flops_gemma4.py)."""
     from sharp_prune.measure.flops import measure_prefill_flops, prefill_flops
-    from sharp_prune.measure.prefill_shape import TextDims
 
     ids, frame_map = _prompt()
     with sp.apply(model, method="fastv", retention=0.3, layer=4) as handle, handle.visual_frames(frame_map):
@@ -204,8 +204,11 @@ def test_the_flops_model_counts_sliding_layers_as_the_counter_does(model):
         report = prefill_flops(model, handle.last)
     assert report.total == measured.text and report.summary["score_layer"] == 2
     assert prefill_flops(model, handle.last, convention="ideal").total < report.total
-    with pytest.raises(UnsupportedModelError, match="Gemma 4"):
-        TextDims.from_config(_gemma4_text(**GEMMA4_FEATURES))
+    gemma4 = _gemma4_text(**GEMMA4_FEATURES)
+    with sp.apply(gemma4, method="fastv", retention=0.3, layer=3) as handle, handle.visual_frames(frame_map):
+        measured = measure_prefill_flops(gemma4, {"input_ids": ids})
+        report = prefill_flops(gemma4, handle.last)
+    assert report.total == measured.text and report.summary["kv_shared_rows"] == 1
 
 
 def _gemma4_text(**overrides) -> torch.nn.Module:

@@ -37,7 +37,24 @@ What is counted (one multiply-add = 2 FLOPs, as `torch.utils.flop_counter` count
   query sees itself and the W - 1 positions before it); after K the window stays in the original positions of the
   kept tokens (`SampleLayout.kept_positions`: from the record, or, for `estimate`, the kept video tokens spread
   evenly over the video). SegM leaves sliding layers alone; scores come from the last full-attention layer below
-  K. Gemma 4's text stack is refused (`TextDims.from_config`).
+  K;
+- Gemma 4's text stack (`Gemma4ForCausalLM`, and inside `Gemma4ForConditionalGeneration`): each layer at its own
+  head size and key/value heads (full-attention layers at `global_head_dim`), its own key/value projections (keys
+  only under `attention_k_eq_v`, none in a KV-sharing layer, which attends to its source layer's keys), its own MLP
+  width (`use_double_wide_mlp`), the dense MLP plus a router and top-k experts under `enable_moe_block`; per-layer
+  inputs: ``per_layer_inputs``, the projection of the input embeddings to every layer's input (D x layers d, every
+  token of the decoder's input), and in each layer ``per_layer``, its gate (D -> d) and projection (d -> D); PosC's
+  blank pass projects its own (``posc_pass.per_layer_inputs``). The q/k/v norms are elementwise (0). Under
+  `generate` (an integer `logits_to_keep`, eager or sdpa attention) transformers runs the KV-sharing layers on the
+  last `logits_to_keep` rows only (`Gemma4TextModel._maybe_slice_kv_shared_inputs`), and so does the count by
+  default (`count_flops`'s `kv_shared_sliced`: a plain forward runs them on every row). A pruned Gemma 4 output goes
+  through the LM head whole when no KV-sharing layer cut it (transformers keeps the last `logits_to_keep` rows only
+  of an output as long as the input): executed counts those L' rows, ideal the `lm_head_tokens` asked for. In the
+  VLM (called with the processor's `mm_token_type_ids`), sliding layers let a frame's tokens attend to its later
+  tokens too (`use_bidirectional_attention="vision"`): the ideal pairs include them, after K among the kept tokens
+  (a frame is a run of consecutive video tokens; the record does not hold image tokens, which get the same
+  treatment, so their pairs are counted causal); the executed count does not change (the kernels run the masked
+  product). `TextDims.from_config` reads this from the VLM's config, not from its text config alone.
 
 Two conventions:
 
@@ -64,6 +81,7 @@ from ..config import PruneConfig, check_layer
 from ..errors import ConfigError
 from ..models import vision_flops  # noqa: F401  (re-exported: FLOPs of the vision tower, per family)
 from ..record import PruneRecord
+from ..steps.sliding import check_shared_kv_k
 from .flop_counter import MeasuredFlops, flop_counter_mode, measure_prefill_flops  # noqa: F401  (re-exported)
 from .prefill_shape import PrefillLayout, SampleLayout, TextDims  # noqa: F401  (SampleLayout re-exported)
 
@@ -76,47 +94,83 @@ def _triangle(n: int) -> int:
     return n * (n + 1) // 2
 
 
-def _causal_pairs(layout: PrefillLayout, ideal: bool) -> int:
-    """Attention pairs of one plain causal layer over the decoder's input."""
-    if ideal:
-        return sum(_triangle(s.real) for s in layout.samples)
-    return layout.batch * layout.seq_len**2
-
-
-def _window_pairs(positions: torch.Tensor, window: int) -> int:
-    """Causal pairs within a sliding window among tokens at sorted `positions`: each query sees the tokens at most
-    `window - 1` positions before it, itself included."""
-    if not positions.numel():
+def _pairs(keys: torch.Tensor, queries: torch.Tensor, window: int = 0, blocks: torch.Tensor | None = None) -> int:
+    """Allowed (query, key) pairs among real tokens at sorted positions `keys`, for the sorted query positions
+    `queries` (some of the keys): causal (a query sees the keys at or before it), within `window` (at most
+    `window - 1` positions back; 0: no window), and with `blocks` ([L] block of each position, -1 outside any)
+    also the later keys of the query's own block: Gemma 4's sliding mask for a VLM, AND(window, OR(causal, same
+    block)), a block being one frame's run of video tokens."""
+    if not queries.numel():
         return 0
-    first = torch.searchsorted(positions, positions - window, right=True)
-    return int((torch.arange(1, positions.numel() + 1) - first).sum())
+    upto = torch.searchsorted(keys, queries, right=True)  # keys at or before each query
+    first = torch.searchsorted(keys, queries - window, right=True) if window else torch.zeros_like(upto)
+    total = int((upto - first).sum())
+    if blocks is not None:
+        key_blocks, query_blocks = blocks[keys], blocks[queries]
+        inside, query_inside = key_blocks >= 0, query_blocks >= 0
+        if bool(query_inside.any()):
+            # a block is a run of positions, so its keys are a run of `keys`: the later ones end where it ends
+            ends = torch.zeros(int(key_blocks.max()) + 1, dtype=torch.long)
+            ends.scatter_reduce_(0, key_blocks[inside], torch.arange(1, keys.numel() + 1)[inside], "amax")
+            total += int((ends[query_blocks[query_inside]] - upto[query_inside]).sum())
+    return total
 
 
-def _window_triangle(n: int, window: int) -> int:
-    """`_window_pairs` of n consecutive tokens: sum over i < n of min(i + 1, W)."""
-    full = min(n, window)
-    return _triangle(full) + (n - full) * window
+@dataclass(frozen=True)
+class _Rows:
+    """The query rows one pass runs through a run of layers: per sample (executed: padded), and the attention pairs
+    of one full-attention layer and of one sliding-window layer over them."""
+
+    lengths: list[int]
+    full: int
+    sliding: int
 
 
-def _sliding_pairs(dims: TextDims, layout: PrefillLayout, ideal: bool, kept: bool) -> int:
-    """Attention pairs of one sliding-window layer (0 on a stack without them). Executed: the kernels compute the
-    whole q_len x kv_len product and mask the rest, as for a causal layer. Ideal: the pairs within the window, in
-    the positions of the decoder's input; layers >= K (`kept`) keep the window in these original positions (a kept
-    token sees the kept tokens at most W - 1 positions before it: `steps.sliding`)."""
-    if not dims.has_sliding:
-        return 0
-    if not ideal:
-        return _kept_pairs(layout, ideal) if kept else _causal_pairs(layout, ideal)
-    window = dims.sliding_window
-    if kept:
-        return sum(_window_pairs(s.kept_positions, window) for s in layout.samples)
-    return sum(_window_pairs(s.valid.nonzero().flatten(), window) for s in layout.samples)
+def _executed_rows(batch: int, length: int, rows: int | None = None) -> _Rows:
+    """Executed: every attention call is its whole q_len x kv_len product, sliding ones too (the kernels mask it);
+    `rows`: the last `rows` query rows only (Gemma 4's KV-sharing layers under `generate`)."""
+    q = length if rows is None else min(rows, length)
+    return _Rows([q] * batch, batch * q * length, batch * q * length)
 
 
-def _kept_pairs(layout: PrefillLayout, ideal: bool) -> int:
-    if ideal:
-        return sum(_triangle(s.real_kept) for s in layout.samples)
-    return layout.batch * layout.kept_len**2
+def _ideal_rows(dims: TextDims, views: list[tuple[torch.Tensor, int, torch.Tensor | None]], rows: int | None) -> _Rows:
+    """Ideal: the real tokens and the pairs the masks allow. `views`: per sample, the sorted positions of its real
+    tokens in this pass (the keys), the sequence's length and the vision blocks (None: causal sliding layers);
+    `rows`: the queries are the real tokens among the last `rows` positions only (else all the keys)."""
+    lengths, full, sliding = [], 0, 0
+    for keys, length, blocks in views:
+        queries = keys if rows is None else keys[keys >= length - rows]
+        lengths.append(queries.numel())
+        full += _triangle(keys.numel()) if rows is None else _pairs(keys, queries)
+        if dims.has_sliding:
+            sliding += _pairs(keys, queries, dims.sliding_window, blocks)
+    return _Rows(lengths, full, sliding)
+
+
+def _blocks(dims: TextDims, sample: SampleLayout) -> torch.Tensor | None:
+    return sample.vision_blocks if dims.vision_bidirectional else None
+
+
+def _views(dims: TextDims, layout: PrefillLayout, kept: bool) -> list[tuple[torch.Tensor, int, torch.Tensor | None]]:
+    """Per sample: the real tokens of the decoder's input (layers < K) or of layers >= K (`kept`: in their original
+    positions, where a sliding window keeps counting: `steps.sliding`)."""
+    return [
+        (s.kept_positions if kept else s.valid.nonzero().flatten(), layout.seq_len, _blocks(dims, s))
+        for s in layout.samples
+    ]
+
+
+def _original_views(dims: TextDims, layout: PrefillLayout) -> list[tuple[torch.Tensor, int, torch.Tensor | None]]:
+    """Per sample: the real tokens of the unpruned prefill (before any pre-LLM stage: its dropped tokens back, as one
+    unpadded run, whose blocks are not known: `count_flops` refuses the ideal count there)."""
+    views = []
+    for s in layout.samples:
+        if s.pre_dropped:
+            n = s.real + s.pre_dropped
+            views.append((torch.arange(n), n, None))
+        else:
+            views.append((s.valid.nonzero().flatten(), layout.seq_len, _blocks(dims, s)))
+    return views
 
 
 def _score_pairs(layout: PrefillLayout, ideal: bool) -> int:
@@ -145,7 +199,9 @@ class FlopsReport:
         total: FLOPs of the pruned prefill (sum of `breakdown`).
         unpruned: FLOPs of the same prefill without pruning (no pre-stage either).
         breakdown: FLOPs by component: ``before_k.*``, ``posc_pass.*``, ``after_k.*`` (each ``qkvo``,
-            ``attention``, ``mlp``, and ``linear`` on a hybrid stack), ``scoring``, ``selection``, ``lm_head``.
+            ``attention``, ``mlp``, ``linear`` on a hybrid stack, ``per_layer`` with Gemma 4's per-layer inputs),
+            ``scoring``, ``selection``, ``lm_head``, and with per-layer inputs ``per_layer_inputs`` (and
+            ``posc_pass.per_layer_inputs``).
         unpruned_breakdown: the same for the unpruned prefill (``before_k`` / ``after_k`` at full length).
         convention: "executed" or "ideal" (see the module docstring).
         vision: vision tower FLOPs when given (identical pruned or not; not in `total`).
@@ -187,44 +243,52 @@ class FlopsReport:
 
 
 def _stage(
-    dims: TextDims,
-    name: str,
-    layers: range,
-    lengths: list[int],
-    pairs: int,
-    ideal: bool,
-    sliding_pairs: int = 0,
+    dims: TextDims, name: str, layers: range, rows: _Rows, ideal: bool, tail: _Rows | None = None
 ) -> dict[str, int]:
-    """FLOPs of decoder layers `layers` over samples of `lengths` tokens (`pairs` attention pairs per full-attention
-    layer, `sliding_pairs` per sliding-window layer)."""
-    tokens = sum(lengths)
-    linear = sum(1 for i in layers if dims.is_linear(i))
-    sliding = sum(1 for i in layers if dims.is_sliding(i))
-    attention = len(layers) - linear
-    stage = {
-        f"{name}.qkvo": attention * tokens * dims.qkvo_per_token,
-        f"{name}.attention": ((attention - sliding) * pairs + sliding * sliding_pairs) * dims.attention_per_pair,
-        f"{name}.mlp": tokens * sum(dims.mlp_flops_per_token(i) for i in layers),
-    }
+    """FLOPs of decoder layers `layers` over the query rows `rows` (`tail`: those of the KV-sharing layers, when
+    they run on fewer rows: Gemma 4 under `generate`)."""
+    qkvo = attention = mlp = per_layer = linear = 0
+    for i in layers:
+        run = tail if tail is not None and i >= dims.first_kv_shared_layer else rows
+        tokens = sum(run.lengths)
+        mlp += tokens * dims.mlp_flops_per_token(i)
+        per_layer += tokens * dims.per_layer_flops_per_token
+        if dims.is_linear(i):
+            linear += sum(dims.linear_mixer_flops(n, ideal) for n in run.lengths)
+            continue
+        qkvo += tokens * dims.qkvo_flops_per_token(i)
+        attention += (run.sliding if dims.is_sliding(i) else run.full) * dims.attention_flops_per_pair(i)
+    stage = {f"{name}.qkvo": qkvo, f"{name}.attention": attention, f"{name}.mlp": mlp}
     if dims.has_linear:
-        stage[f"{name}.linear"] = linear * sum(dims.linear_mixer_flops(n, ideal) for n in lengths)
+        stage[f"{name}.linear"] = linear
+    if dims.per_layer_input_size:
+        stage[f"{name}.per_layer"] = per_layer
     return stage
 
 
-def _unpruned(dims: TextDims, layout: PrefillLayout, config: PruneConfig, ideal: bool, lm_rows: int) -> dict[str, int]:
-    """Every layer over the original input (before any pre-stage), plain causal."""
+def _per_layer_inputs(dims: TextDims, name: str, rows: _Rows) -> dict[str, int]:
+    """Gemma 4's projection of the input embeddings to every layer's per-layer input, over the decoder's input."""
+    if not dims.per_layer_input_size:
+        return {}
+    return {name: sum(rows.lengths) * dims.per_layer_inputs_per_token}
+
+
+def _unpruned(dims: TextDims, layout: PrefillLayout, config: PruneConfig, ideal: bool, lm: int, q: int | None) -> dict:
+    """Every layer over the original input (before any pre-stage), plain causal; `q`: the KV-sharing layers run on
+    the last q rows only."""
     if ideal:
-        lengths = [s.real + s.pre_dropped for s in layout.samples]
-        pairs = sum(_triangle(r) for r in lengths)
-        sliding = sum(_window_triangle(r, dims.sliding_window) for r in lengths) if dims.has_sliding else 0
+        views = _original_views(dims, layout)
+        rows = _ideal_rows(dims, views, None)
+        tail = _ideal_rows(dims, views, q) if q is not None else None
     else:
-        lengths, pairs = [layout.input_len] * layout.batch, layout.batch * layout.input_len**2
-        sliding = pairs
+        rows = _executed_rows(layout.batch, layout.input_len)
+        tail = _executed_rows(layout.batch, layout.input_len, q) if q is not None else None
     k = config.layer
     return {
-        **_stage(dims, "before_k", range(k), lengths, pairs, ideal, sliding),
-        **_stage(dims, "after_k", range(k, dims.num_layers), lengths, pairs, ideal, sliding),
-        "lm_head": lm_rows * dims.lm_head_per_token,
+        **_per_layer_inputs(dims, "per_layer_inputs", rows),
+        **_stage(dims, "before_k", range(k), rows, ideal, tail),
+        **_stage(dims, "after_k", range(k, dims.num_layers), rows, ideal, tail),
+        "lm_head": lm * dims.lm_head_per_token,
     }
 
 
@@ -236,6 +300,7 @@ def count_flops(
     convention: str = "executed",
     posc_pass: bool | None = None,
     lm_head_tokens: int = 1,
+    kv_shared_sliced: bool | None = None,
     vision: int | None = None,
 ) -> FlopsReport:
     """Prefill FLOPs of the text decoder for `layout` pruned by `config`, and unpruned.
@@ -248,43 +313,66 @@ def count_flops(
         posc_pass: whether PosC's blank pass ran; None: yes for ShaRP with `posc=True` and
             `posc_prior="per_input"`, no for `"cached"` (assumed a cache hit).
         lm_head_tokens: LM head rows per sample (1 with `logits_to_keep=1`, as in `generate`).
+        kv_shared_sliced: Gemma 4's KV-sharing layers ran on the last `lm_head_tokens` rows of each sample only,
+            as transformers runs them in a forward with an integer `logits_to_keep` (`generate`'s prefill,
+            `measure_prefill_flops`) under eager or sdpa attention. None: so when the model can
+            (`TextDims.kv_shared_sliceable`: not under flash or flex attention). Pass False for a forward that ran
+            them on every row: a plain `model(**inputs)` (logits_to_keep=0, with `lm_head_tokens` = every row), one
+            that records hidden states, attentions or router logits, or sdpa with `logits_to_keep` > 1 or a static
+            (compileable) cache on an unpadded text prompt (no masks).
         vision: vision tower FLOPs to carry in the report (not added to the totals).
     """
     if convention not in CONVENTIONS:
         raise ConfigError(f"convention={convention!r} is not one of {CONVENTIONS}.")
     check_layer(config.layer, dims.num_layers)
+    if dims.kv_sources:
+        check_shared_kv_k(dims.kv_sources, config.layer)
     ideal = convention == "ideal"
     k = config.layer
-    lm_rows = layout.batch * lm_head_tokens
-    unpruned = _unpruned(dims, layout, config, ideal, lm_rows)
     pruned_any = layout.num_visual > 0  # the engine does nothing on a prefill without visual tokens
+    if ideal and dims.vision_bidirectional and any(s.pre_dropped and s.visual.numel() for s in layout.samples):
+        raise ConfigError(
+            "the ideal count of a frame's bidirectional pairs needs the frames of the unpruned prefill, which a "
+            "pre-LLM stage hides; count the executed convention."
+        )
+    if kv_shared_sliced is None:
+        kv_shared_sliced = dims.kv_shared_sliceable
+    q = lm_head_tokens if kv_shared_sliced and dims.num_kv_shared_layers else None
+    lm_rows = layout.batch * lm_head_tokens
+    unpruned = _unpruned(dims, layout, config, ideal, lm_rows, q)
 
     if ideal:
-        lengths = [s.real for s in layout.samples]
-        kept_lengths = [s.real_kept for s in layout.samples]
+        rows, kept = _ideal_rows(dims, _views(dims, layout, False), None), _views(dims, layout, True)
+        after, tail = _ideal_rows(dims, kept, None), (_ideal_rows(dims, kept, q) if q is not None else None)
     else:
-        lengths, kept_lengths = [layout.seq_len] * layout.batch, [layout.kept_len] * layout.batch
+        rows, after = _executed_rows(layout.batch, layout.seq_len), _executed_rows(layout.batch, layout.kept_len)
+        tail = _executed_rows(layout.batch, layout.kept_len, q) if q is not None else None
+        if dims.lm_head_slices_full_length_only and q is None and layout.kept_len != layout.input_len:
+            # Gemma 4 takes the last logits_to_keep rows only of an output as long as the input: a pruned one
+            # (L' rows) goes through the LM head whole.
+            lm_rows = layout.batch * layout.kept_len
     segm = pruned_any and config.segment_mask
     if segm:
-        pairs = sum(config.attention_pairs_before_k(s.valid, s.visual, s.segments, ideal) for s in layout.samples)
-    else:
-        pairs = _causal_pairs(layout, ideal)
+        # A sliding-window layer keeps its own window under SegM (it is local already).
+        full = sum(config.attention_pairs_before_k(s.valid, s.visual, s.segments, ideal) for s in layout.samples)
+        rows = _Rows(rows.lengths, full, rows.sliding)
     if posc_pass is None:
         posc_pass = config.blank_pass_each_prefill
     posc_pass = bool(posc_pass and pruned_any)
     score_passes = (1 + int(posc_pass)) if pruned_any and config.query != "none" else 0
 
-    blank_layers = range(dims.score_layer(k) + 1 if posc_pass else 0)  # the blank pass stops at the scoring layer
-    # A sliding-window layer keeps its own window under SegM (it is local already); layers >= K keep it in the
-    # original positions of the kept tokens.
-    sliding, kept_sliding = _sliding_pairs(dims, layout, ideal, False), _sliding_pairs(dims, layout, ideal, True)
-    after = range(k, dims.num_layers)
+    score_layer = dims.score_layer(k)
+    blank_layers = range(score_layer + 1 if posc_pass else 0)  # the blank pass stops at the scoring layer
     breakdown = {
-        **_stage(dims, "before_k", range(k), lengths, pairs, ideal, sliding),
-        **_stage(dims, "posc_pass", blank_layers, lengths, pairs, ideal, sliding),
-        "scoring": score_passes * _score_pairs(layout, ideal) * dims.score_per_pair,
+        **_per_layer_inputs(dims, "per_layer_inputs", rows),
+        **_stage(dims, "before_k", range(k), rows, ideal),
+        # the blank pass projects its own per-layer inputs (from the blank copy's embeddings), then reruns
+        **(_per_layer_inputs(dims, "posc_pass.per_layer_inputs", rows) if posc_pass else {}),
+        **_stage(dims, "posc_pass", blank_layers, rows, ideal),
+        "scoring": score_passes * _score_pairs(layout, ideal) * dims.score_flops_per_pair(score_layer),
         "selection": _selection_flops(dims, layout, config) if pruned_any else 0,
-        **_stage(dims, "after_k", after, kept_lengths, _kept_pairs(layout, ideal), ideal, kept_sliding),
+        # layers >= K keep a sliding window in the original positions of the kept tokens
+        **_stage(dims, "after_k", range(k, dims.num_layers), after, ideal, tail),
         "lm_head": lm_rows * dims.lm_head_per_token,
     }
     summary = {
@@ -299,8 +387,10 @@ def count_flops(
         "method": config.method,
         "segm_attention": segm,
         "posc_pass": posc_pass,
-        "score_layer": dims.score_layer(k) if config.query != "none" else None,
+        "score_layer": score_layer if config.query != "none" else None,
     }
+    if dims.num_kv_shared_layers:
+        summary["kv_shared_rows"] = q  # None: every row
     return FlopsReport(
         total=sum(breakdown.values()),
         unpruned=sum(unpruned.values()),
@@ -320,6 +410,7 @@ def prefill_flops(
     convention: str = "executed",
     posc_pass: bool | None = None,
     lm_head_tokens: int = 1,
+    kv_shared_sliced: bool | None = None,
     vision: int | None = None,
 ) -> FlopsReport:
     """FLOPs of the prefill `record` describes (`handle.last`), on `model` (or its config).
@@ -328,7 +419,9 @@ def prefill_flops(
         model: the pruned model, or its config.
         record: `handle.last` after the prefill.
         config: the `PruneConfig` that ran (default: the one echoed in the record).
-        convention, posc_pass, lm_head_tokens, vision: as in `count_flops`.
+        convention, posc_pass, lm_head_tokens, kv_shared_sliced, vision: as in `count_flops` (the record does not
+            say whether Gemma 4's KV-sharing layers ran on the last rows only: the default assumes the prefill of
+            `generate`, under the model's own attention implementation).
     """
     if config is None:
         config = PruneConfig.from_dict(record.config)
@@ -339,6 +432,7 @@ def prefill_flops(
         convention=convention,
         posc_pass=posc_pass,
         lm_head_tokens=lm_head_tokens,
+        kv_shared_sliced=kv_shared_sliced,
         vision=vision,
     )
 
@@ -354,7 +448,9 @@ def estimate(
     prompt_len: int = 0,
     num_segments: int | None = None,
     batch: int = 1,
+    num_frames: int | None = None,
     convention: str = "executed",
+    kv_shared_sliced: bool | None = None,
     vision: int | None = None,
 ) -> FlopsReport:
     """What a prefill would cost, without running it: unpadded samples of `seq_len` tokens.
@@ -370,9 +466,18 @@ def estimate(
         prompt_len: text tokens before the video.
         num_segments: scene segments, equal-sized (default: `config.expected_segments`; ShaRP: the cap).
         batch: samples.
-        convention, vision: as in `count_flops`.
+        num_frames: the video's frames, equal runs of its tokens. Needed for the ideal count of a Gemma 4 VLM that
+            lets a frame's tokens attend to each other both ways in sliding layers (`use_bidirectional_attention=
+            "vision"`); other models and the executed convention do not depend on it.
+        convention, kv_shared_sliced, vision: as in `count_flops` (the prefill of `generate`: one LM head row).
     """
     config = config if config is not None else PruneConfig()
+    dims = TextDims.from_config(model_config)
+    if dims.vision_bidirectional and convention == "ideal" and num_frames is None and num_visual:
+        raise ConfigError(
+            "this model's frames attend to themselves both ways in its sliding layers; pass num_frames for the ideal "
+            "count (the executed one does not depend on it)."
+        )
     if layer is not None:
         config = config.replace(layer=layer)
     if budget is None:
@@ -389,5 +494,6 @@ def estimate(
         query_rows=query_rows,
         num_segments=num_segments if num_segments is not None else config.expected_segments,
         batch=batch,
+        num_frames=num_frames,
     )
-    return count_flops(TextDims.from_config(model_config), layout, config, convention=convention, vision=vision)
+    return count_flops(dims, layout, config, convention=convention, kv_shared_sliced=kv_shared_sliced, vision=vision)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnsupportedModelError
+from ..hf_protocol import kv_sources
 from ..record import PruneRecord
 
 # ---------------------------------------------------------------------------------------------- model shape
@@ -25,6 +26,7 @@ LINEAR_MODEL_TYPES = ("qwen3_5_text", "qwen3_5_moe_text")
 MOE_MODEL_TYPES = ("qwen3_moe", "qwen3_vl_moe_text", "qwen3_5_moe_text", "glm4v_moe_text")
 SLIDING = "sliding_attention"
 LINEAR = "linear_attention"
+GEMMA4_TEXT = "gemma4_text"
 
 
 def _moe_fields(text: Any) -> dict[str, Any]:
@@ -35,6 +37,18 @@ def _moe_fields(text: Any) -> dict[str, Any]:
         0,
     )
     model_type = getattr(text, "model_type", None)
+    if model_type == GEMMA4_TEXT:
+        # Gemma 4 (26B-A4B): with `enable_moe_block`, every layer runs its dense MLP and, beside it, a router and
+        # top-k experts on the same input; `num_experts` alone builds nothing.
+        if not text.enable_moe_block:
+            return {}
+        return dict(
+            moe_layers=(True,) * text.num_hidden_layers,
+            num_experts=text.num_experts,
+            experts_per_token=text.top_k_experts,
+            moe_intermediate_size=text.moe_intermediate_size,
+            moe_with_dense_mlp=True,
+        )
     if not experts:
         return {}
     if model_type not in MOE_MODEL_TYPES:
@@ -65,10 +79,52 @@ def _moe_fields(text: Any) -> dict[str, Any]:
     )
 
 
+def _gemma4_fields(text: Any, vlm: bool) -> dict[str, Any]:
+    """The Gemma 4 fields of `TextDims` for a `Gemma4TextConfig` (modeling_gemma4.py read for the structure).
+
+    - each layer's attention shape (`config.per_layer_config[i]`: full-attention layers at `global_head_dim`, with
+      `num_global_key_value_heads` when `attention_k_eq_v`), and its key/value projections: 2, 1 (a full layer
+      under `attention_k_eq_v` has no `v_proj`: values are the keys) or 0 (a KV-sharing layer, "reuse" in
+      `config.kv_sharing_modes`, attends to its source layer's keys);
+    - the dense MLP of each layer, twice as wide in the KV-sharing layers under `use_double_wide_mlp`;
+    - per-layer inputs (`hidden_size_per_layer_input`);
+    - whether transformers can run the KV-sharing layers on the last `logits_to_keep` rows
+      (`Gemma4TextModel._maybe_slice_kv_shared_inputs`: not under flash or flex attention, which cannot slice a
+      mask);
+    - in-frame bidirectional attention in sliding layers (`use_bidirectional_attention="vision"`), which only the
+      VLM's forward applies (`Gemma4Model` builds it from `mm_token_type_ids`; `Gemma4ForCausalLM` stays causal).
+    """
+    layers = text.num_hidden_layers
+    shared = int(text.num_kv_shared_layers or 0)
+    sources = kv_sources(text, layers, type(text).__name__)  # refuses sharing layers with no source in the model
+    reuse = tuple(source != index for index, source in enumerate(sources))
+    kinds = tuple(text.layer_types[:layers])
+    views = [text.per_layer_config[i] for i in range(layers)]
+    k_eq_v = bool(text.attention_k_eq_v)
+    implementation = str(getattr(text, "_attn_implementation", None) or "sdpa")
+    return dict(
+        layer_head_dims=tuple(int(view.head_dim) for view in views),
+        layer_kv_heads=tuple(int(view.num_key_value_heads) for view in views),
+        layer_kv_projections=tuple(
+            0 if reuse[i] else 1 if k_eq_v and kinds[i] != SLIDING else 2 for i in range(layers)
+        ),
+        kv_sources=sources if shared else (),
+        num_kv_shared_layers=shared,
+        layer_intermediate_sizes=tuple(
+            text.intermediate_size * (2 if text.use_double_wide_mlp and reuse[i] else 1) for i in range(layers)
+        ),
+        per_layer_input_size=int(text.hidden_size_per_layer_input or 0),
+        kv_shared_sliceable=bool(shared) and "flash" not in implementation and "flex" not in implementation,
+        lm_head_slices_full_length_only=True,
+        vision_bidirectional=vlm and text.use_bidirectional_attention == "vision",
+    )
+
+
 @dataclass(frozen=True)
 class TextDims:
     """Shape of a decoder-only text model (Llama / Qwen2 style: GQA attention, gated MLP), optionally hybrid
-    (linear-attention layers), with sliding-window layers, or with mixture-of-experts MLPs.
+    (linear-attention layers), with sliding-window layers, with mixture-of-experts MLPs, or Gemma 4's text stack
+    (per-layer attention shapes, KV-sharing layers, per-layer inputs).
 
     Attributes:
         hidden_size: D.
@@ -92,6 +148,23 @@ class TextDims:
         moe_intermediate_size: Ie, the width of one expert.
         shared_expert_size: Is, the width of the shared expert(s) every token runs in a MoE layer (0: none).
         shared_expert_gate: the shared expert's output is gated by a D -> 1 projection (Qwen3.5-MoE).
+        moe_with_dense_mlp: a mixture-of-experts layer also runs its dense MLP (Gemma 4's `enable_moe_block`).
+        layer_head_dims, layer_kv_heads: each layer's head size and key/value heads (Gemma 4: full-attention layers
+            at `global_head_dim`); empty: `head_dim` and `num_kv_heads` everywhere.
+        layer_kv_projections: each layer's key and value projections: 2, 1 (keys only, values = keys: Gemma 4's
+            `attention_k_eq_v`) or 0 (a KV-sharing layer); empty: 2 everywhere.
+        kv_sources: the layer whose keys each layer attends to (itself, or a KV-sharing layer's source); empty:
+            itself everywhere.
+        num_kv_shared_layers: the last layers, KV-sharing ones (Gemma 4's `num_kv_shared_layers`).
+        layer_intermediate_sizes: each layer's dense MLP width (Gemma 4's `use_double_wide_mlp` doubles it in the
+            KV-sharing layers); empty: `intermediate_size` everywhere.
+        per_layer_input_size: d of Gemma 4's per-layer inputs (`hidden_size_per_layer_input`; 0: none).
+        kv_shared_sliceable: transformers runs the KV-sharing layers on the last `logits_to_keep` rows of a forward
+            with an integer `logits_to_keep` (Gemma 4 under eager or sdpa attention, not flash or flex).
+        lm_head_slices_full_length_only: the LM head takes the last `logits_to_keep` rows only of a decoder output
+            as long as the input (Gemma 4's check); a pruned output (L' rows) goes through it whole.
+        vision_bidirectional: in sliding layers the tokens of one frame (one run of video tokens) also attend to the
+            later tokens of the frame (Gemma 4's VLM with `use_bidirectional_attention="vision"`).
     """
 
     hidden_size: int
@@ -115,20 +188,30 @@ class TextDims:
     moe_intermediate_size: int = 0
     shared_expert_size: int = 0
     shared_expert_gate: bool = False
+    moe_with_dense_mlp: bool = False
+    layer_head_dims: tuple[int, ...] = ()
+    layer_kv_heads: tuple[int, ...] = ()
+    layer_kv_projections: tuple[int, ...] = ()
+    kv_sources: tuple[int, ...] = ()
+    num_kv_shared_layers: int = 0
+    layer_intermediate_sizes: tuple[int, ...] = ()
+    per_layer_input_size: int = 0
+    kv_shared_sliceable: bool = False
+    lm_head_slices_full_length_only: bool = False
+    vision_bidirectional: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> TextDims:
-        """Read the text config of `config` (a model config, a VLM config or a model instance)."""
+        """Read the text config of `config` (a model config, a VLM config or a model instance).
+
+        Gemma 4: pass the VLM (or its config) for a VLM, not its text config: only the VLM's forward lets the tokens
+        of a frame attend to each other both ways in sliding layers (`vision_bidirectional`), which the ideal
+        convention counts.
+        """
         if isinstance(config, nn.Module):
             config = config.config
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         model_type = getattr(text, "model_type", None)
-        if model_type == "gemma4_text":
-            raise UnsupportedModelError(
-                f"the FLOPs model does not count Gemma 4's text stack yet ({type(text).__name__}: per-layer head "
-                "sizes, key/value-sharing layers, per-layer inputs); its figures would be wrong, so none are given. "
-                "Time the prefill instead (sharp_prune.measure.timing)."
-            )
         layers = text.num_hidden_layers
         kinds = tuple(getattr(text, "layer_types", None) or ())[:layers]
         unknown = sorted(set(kinds) - {"full_attention", SLIDING, LINEAR})
@@ -137,13 +220,15 @@ class TextDims:
                 f"the FLOPs model does not count decoder layers of kind {unknown} ({type(text).__name__}); its "
                 "figures would be wrong, so none are given."
             )
-        if getattr(text, "use_bidirectional_attention", None):
+        bidirectional = getattr(text, "use_bidirectional_attention", None)
+        if bidirectional and not (model_type == GEMMA4_TEXT and bidirectional == "vision"):
             raise UnsupportedModelError(
                 f"the FLOPs model counts causal decoders only ({type(text).__name__} has "
                 f"use_bidirectional_attention={text.use_bidirectional_attention!r}); its figures would be wrong, so "
                 "none are given."
             )
         moe = _moe_fields(text)
+        gemma4 = _gemma4_fields(text, vlm=text is not config) if model_type == GEMMA4_TEXT else {}
         hybrid = LINEAR in kinds
         if hybrid and model_type not in LINEAR_MODEL_TYPES:
             raise UnsupportedModelError(
@@ -153,12 +238,14 @@ class TextDims:
             )
         sliding = SLIDING in kinds
         heads = text.num_attention_heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        # a config whose head sizes differ by layer (Gemma 4) refuses the global value: read a sliding layer's
+        shape = text.per_layer_config[kinds.index(SLIDING) if sliding else 0] if gemma4 else text
+        head_dim = getattr(shape, "head_dim", None) or text.hidden_size // heads
         return cls(
             hidden_size=text.hidden_size,
             intermediate_size=getattr(text, "intermediate_size", None) or 0,
             num_heads=heads,
-            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            num_kv_heads=getattr(shape, "num_key_value_heads", None) or heads,
             head_dim=head_dim,
             num_layers=layers,
             vocab_size=text.vocab_size,
@@ -171,19 +258,71 @@ class TextDims:
             linear_conv_kernel=text.linear_conv_kernel_dim if hybrid else 0,
             sliding_window=int(text.sliding_window) if sliding else 0,
             **moe,
+            **gemma4,
         )
 
     @property
     def qkvo_per_token(self) -> int:
-        """q, k, v and o projections of one token in one attention layer (and the output gate's, when gated)."""
+        """q, k, v and o projections of one token in one attention layer of `head_dim` (and the output gate's, when
+        gated); `qkvo_flops_per_token` for a given layer."""
         d, hd = self.hidden_size, self.head_dim
         query_heads = self.num_heads * (2 if self.attn_output_gate else 1)
         return 2 * d * hd * (query_heads + self.num_heads + 2 * self.num_kv_heads)
 
     @property
     def mlp_per_token(self) -> int:
-        """gate, up and down projections of one token in one dense layer."""
+        """gate, up and down projections of one token in one dense layer of `intermediate_size`."""
         return 2 * 3 * self.hidden_size * self.intermediate_size
+
+    # ------------------------------------------------------------------ per layer (Gemma 4's shapes differ by layer)
+    def layer_head_dim(self, layer: int) -> int:
+        return self.layer_head_dims[layer] if self.layer_head_dims else self.head_dim
+
+    def layer_num_kv_heads(self, layer: int) -> int:
+        return self.layer_kv_heads[layer] if self.layer_kv_heads else self.num_kv_heads
+
+    def kv_projections(self, layer: int) -> int:
+        """How many of k_proj and v_proj `layer` runs: 2, 1 (values = keys) or 0 (a KV-sharing layer)."""
+        return self.layer_kv_projections[layer] if self.layer_kv_projections else 2
+
+    def qkvo_flops_per_token(self, layer: int) -> int:
+        """The projections of one token in attention layer `layer`: q and o (H heads), the key and value
+        projections it has (`kv_projections`, each of its own key/value heads), all at its head size."""
+        d, hd = self.hidden_size, self.layer_head_dim(layer)
+        query_heads = self.num_heads * (2 if self.attn_output_gate else 1)
+        kv = self.kv_projections(layer) * self.layer_num_kv_heads(layer)
+        return 2 * d * hd * (query_heads + self.num_heads + kv)
+
+    def attention_flops_per_pair(self, layer: int) -> int:
+        """QK^T and AV for one (query row, key) pair in `layer`, all heads: 4 H head_dim (its head size)."""
+        return 4 * self.num_heads * self.layer_head_dim(layer)
+
+    def score_flops_per_pair(self, layer: int) -> int:
+        """QK^T only, at scoring layer `layer`."""
+        return 2 * self.num_heads * self.layer_head_dim(layer)
+
+    def dense_mlp_flops_per_token(self, layer: int) -> int:
+        """gate, up and down projections of one token in the dense MLP of `layer` (its own width)."""
+        width = self.layer_intermediate_sizes[layer] if self.layer_intermediate_sizes else self.intermediate_size
+        return 2 * 3 * self.hidden_size * width
+
+    @property
+    def first_kv_shared_layer(self) -> int:
+        """The first KV-sharing layer (`num_layers` without any): transformers' `first_kv_shared_layer_idx`."""
+        return self.num_layers - self.num_kv_shared_layers
+
+    @property
+    def per_layer_flops_per_token(self) -> int:
+        """Gemma 4's per-layer input in one decoder layer, one token: `per_layer_input_gate` (D -> d) and
+        `per_layer_projection` (d -> D), 4 D d; the activation, the product with the per-layer input and the norm are
+        elementwise (0)."""
+        return 4 * self.hidden_size * self.per_layer_input_size
+
+    @property
+    def per_layer_inputs_per_token(self) -> int:
+        """Gemma 4's `per_layer_model_projection` of one token's input embedding to every layer's per-layer input
+        (D -> layers x d: 2 D layers d), run once per forward before layer 0 (the token part is a lookup: 0)."""
+        return 2 * self.hidden_size * self.num_layers * self.per_layer_input_size
 
     # ------------------------------------------------------------------ mixture of experts
     @property
@@ -211,8 +350,11 @@ class TextDims:
         return 2 * d * self.num_experts + routed + shared
 
     def mlp_flops_per_token(self, layer: int) -> int:
-        """The MLP of one token in `layer`: `moe_per_token` in a mixture-of-experts layer, else `mlp_per_token`."""
-        return self.moe_per_token if self.is_moe(layer) else self.mlp_per_token
+        """The MLP of one token in `layer`: `moe_per_token` in a mixture-of-experts layer (plus the dense MLP beside
+        it under `moe_with_dense_mlp`: Gemma 4), else the dense MLP (`dense_mlp_flops_per_token`)."""
+        if not self.is_moe(layer):
+            return self.dense_mlp_flops_per_token(layer)
+        return self.moe_per_token + (self.dense_mlp_flops_per_token(layer) if self.moe_with_dense_mlp else 0)
 
     # ------------------------------------------------------------------ sliding-window layers
     @property
@@ -224,12 +366,13 @@ class TextDims:
 
     @property
     def attention_per_pair(self) -> int:
-        """QK^T and AV for one (query row, key) pair in one layer, all heads."""
+        """QK^T and AV for one (query row, key) pair in one layer of `head_dim`, all heads
+        (`attention_flops_per_pair` for a given layer)."""
         return 4 * self.num_heads * self.head_dim
 
     @property
     def score_per_pair(self) -> int:
-        """QK^T only (the scoring rows at layer K-1)."""
+        """QK^T only (the scoring rows at layer K-1), at `head_dim` (`score_flops_per_pair` for a given layer)."""
         return 2 * self.num_heads * self.head_dim
 
     @property
@@ -310,6 +453,9 @@ class SampleLayout:
         kept: [B] sorted positions of the visual tokens that continue past layer K (the sliding-window layers >= K
             count their window in these positions), or None: B of them spread evenly over the video
             (`kept_positions`).
+        blocks: [L] the frame (block) of each position, -1 outside the video, or None: each run of consecutive
+            visual positions is one (as Gemma 4 finds its frames, `<eoi>` / timestamp / `<boi>` between them;
+            `vision_blocks`).
     """
 
     valid: torch.Tensor
@@ -319,6 +465,7 @@ class SampleLayout:
     segments: torch.Tensor | None = None
     pre_dropped: int = 0
     kept: torch.Tensor | None = None
+    blocks: torch.Tensor | None = None
 
     @property
     def real(self) -> int:
@@ -343,6 +490,19 @@ class SampleLayout:
         text[self.visual] = False
         text[kept] = True
         return text.nonzero().flatten()
+
+    @property
+    def vision_blocks(self) -> torch.Tensor:
+        """[L] long: the block of each position (-1 outside the video), `blocks` or else the runs of consecutive
+        visual positions (what `Gemma4Model`'s `get_block_sequence_ids_for_mask` finds in `mm_token_type_ids`)."""
+        if self.blocks is not None:
+            return self.blocks
+        blocks = torch.full((self.valid.numel(),), -1, dtype=torch.long)
+        if self.visual.numel():
+            starts = torch.ones(self.visual.numel(), dtype=torch.long)
+            starts[1:] = (self.visual[1:] != self.visual[:-1] + 1).long()
+            blocks[self.visual] = starts.cumsum(0) - 1
+        return blocks
 
 
 @dataclass(frozen=True)
@@ -420,19 +580,28 @@ class PrefillLayout:
         query_rows: int = 0,
         num_segments: int = 1,
         batch: int = 1,
+        num_frames: int | None = None,
     ) -> PrefillLayout:
         """Unpadded samples: `prompt_len` text tokens, `num_visual` video tokens in `num_segments`
         near-equal segments, then the rest of the text; the `kept_visual` kept video tokens spread evenly over the
-        video (what the sliding-window layers >= K see; `SampleLayout.kept_positions`)."""
+        video (what the sliding-window layers >= K see; `SampleLayout.kept_positions`). `num_frames`: the video's
+        frames, near-equal consecutive blocks (`SampleLayout.blocks`; None: the video is one block)."""
         if not 0 <= prompt_len <= seq_len - num_visual:
             raise ConfigError(f"a video of {num_visual} tokens after {prompt_len} prompt tokens exceeds L={seq_len}.")
         visual = torch.arange(prompt_len, prompt_len + num_visual)
         segments = (torch.arange(num_visual) * max(1, num_segments)) // max(1, num_visual)
+        blocks = None
+        if num_frames is not None:
+            if not 1 <= num_frames <= max(1, num_visual):
+                raise ConfigError(f"num_frames={num_frames} must be in [1, {max(1, num_visual)}] (the video tokens).")
+            blocks = torch.full((seq_len,), -1, dtype=torch.long)
+            blocks[visual] = (torch.arange(num_visual) * num_frames) // max(1, num_visual)
         sample = SampleLayout(
             valid=torch.ones(seq_len, dtype=torch.bool),
             visual=visual,
             kept_visual=kept_visual,
             query_rows=query_rows,
             segments=segments,
+            blocks=blocks,
         )
         return cls(samples=(sample,) * batch, input_len=seq_len)
