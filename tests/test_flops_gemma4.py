@@ -108,19 +108,24 @@ def test_the_gemma4_vlm_matches_the_counter_exactly(vlms, layers, method, k):
     assert prefill_flops(model, handle.last, convention="ideal").total < report.total
 
 
-def test_a_pruned_output_goes_through_the_lm_head_whole(vlms):
-    """Gemma 4 takes the last `logits_to_keep` rows only of a decoder output as long as the input; a pruned output
-    (L' rows, no KV-sharing layer to cut it to the last row) reaches the LM head whole, and the executed count says
-    so. The ideal count keeps the one row asked for."""
+def test_a_pruned_output_reaches_the_lm_head_as_the_rows_asked_for(vlms):
+    """Gemma 4 takes the last `logits_to_keep` rows only of a decoder output as long as the input; the engine cuts a
+    pruned output (L' rows, no KV-sharing layer to cut it to the last row) to those rows itself, so the LM head
+    projects one row, as unpruned, and both conventions count one."""
     model, inputs = vlms[4]
     with sp.apply(model, method="fastv", retention=0.3, layer=2) as handle, torch.no_grad():
-        logits = model(**inputs, logits_to_keep=1).logits
+        last = model(**inputs, logits_to_keep=1).logits
+        every = model(**inputs).logits
     record = handle.last
-    assert logits.shape[1] == record.kept_len < record.seq_len
+    assert last.shape[1] == 1 and every.shape[1] == record.kept_len < record.seq_len
+    torch.testing.assert_close(last[:, 0], every[:, -1])
     dims = TextDims.from_config(model)
     executed, ideal = prefill_flops(model, record), prefill_flops(model, record, convention="ideal")
-    assert executed.breakdown["lm_head"] == 2 * record.kept_len * dims.lm_head_per_token
-    assert ideal.breakdown["lm_head"] == executed.unpruned_breakdown["lm_head"] == 2 * dims.lm_head_per_token
+    assert executed.breakdown["lm_head"] == ideal.breakdown["lm_head"] == 2 * dims.lm_head_per_token  # 2 samples
+    with sp.apply(model, method="fastv", retention=0.3, layer=2) as handle:
+        measured = measure_prefill_flops(model, inputs)  # generate's prefill: logits_to_keep=1
+    report = prefill_flops(model, handle.last)
+    assert abs(report.total - measured.text) <= report.breakdown["selection"]
 
 
 def _attention_weights(model, layers, call) -> dict[int, torch.Tensor]:

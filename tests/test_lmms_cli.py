@@ -449,8 +449,8 @@ def test_the_cli_evaluates_a_pruned_gemma4(workdir, gemma4_workdir, videos, posc
     summary = json.loads(next(prune.glob("*_rank0of1_summary.json")).read_text())
     assert summary["requests"] == DOCS and summary["failed"] == 0 and summary["model"] == "sharp_gemma4"
     assert summary["config"]["posc"] is posc
-    # the FLOPs model does not count Gemma 4's text stack (yet): the summary says so instead of counting wrong
-    assert summary.get("flops_not_counted") or summary["prefill_tflops"] > 0
+    # the FLOPs model counts Gemma 4's text stack (tests/test_flops_gemma4.py)
+    assert "flops_not_counted" not in summary and summary["prefill_tflops"] > 0
 
 
 def test_gemma4_documents_posc_cannot_prune_fail_alone_saying_why(workdir, gemma4_workdir):

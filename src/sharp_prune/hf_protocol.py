@@ -241,6 +241,7 @@ class ModelCall:
         pixel_values_videos, video_grid_thw: raw video inputs; None under `generate`, which encodes the video
             before the prefill and passes `mm_encoder_outputs` instead.
         video_position_ids: Gemma 4's [frames, patches, 2] (x, y) of each frame's patches; None under `generate`.
+        logits_to_keep: the rows the model turns into logits (an int: the last ones, 0 = all; `generate` asks 1).
     """
 
     input_ids: torch.Tensor | None
@@ -251,6 +252,7 @@ class ModelCall:
     pixel_values_videos: torch.Tensor | None
     video_grid_thw: torch.Tensor | None
     video_position_ids: torch.Tensor | None = None
+    logits_to_keep: Any = None
 
     @property
     def reference(self) -> torch.Tensor:
@@ -286,6 +288,7 @@ def read_model_call(parameters: list[str], args: tuple[Any, ...], kwargs: Mappin
         pixel_values_videos=inputs.get("pixel_values_videos"),
         video_grid_thw=inputs.get("video_grid_thw"),
         video_position_ids=inputs.get("video_position_ids"),
+        logits_to_keep=inputs.get("logits_to_keep"),
     )
 
 
@@ -356,6 +359,18 @@ def read_decoder_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> DecoderC
         args=args,
         kwargs=kwargs,
     )
+
+
+def keep_last_rows(output: Any, rows: int) -> Any:
+    """The text decoder's output cut to its last `rows` hidden states (`last_hidden_state`), or None when it has no
+    more rows than that. Models slice the rows `logits_to_keep` asks for before the LM head themselves, but Gemma 4
+    does so only when the output is as long as its input ("may have been already sliced"), so a pruned output would
+    otherwise reach the LM head whole: [L', vocab] logits instead of [1, vocab]."""
+    hidden = getattr(output, "last_hidden_state", None)
+    if not isinstance(hidden, torch.Tensor) or hidden.shape[1] <= rows:
+        return None
+    output["last_hidden_state"] = hidden[:, -rows:]
+    return output
 
 
 def embed_tokens(decoder: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,9 @@ class Forward:
     def keep_rope(self, index: int, call: hf.LayerCall) -> None:
         return None
 
+    def leave_decoder(self, output: Any) -> Any:
+        return None
+
     def at_layer(self, index: int, call: hf.LayerCall) -> Replacement:
         return None
 

@@ -128,6 +128,7 @@ class PruneHandle:
         # always_call: the forward's state is dropped (and the model freed for other threads) even when it raises
         self._hooks.append(model.register_forward_hook(self._on_model_output, always_call=True))
         self._hooks.append(self._decoder.register_forward_pre_hook(self._on_decoder_forward, with_kwargs=True))
+        self._hooks.append(self._decoder.register_forward_hook(self._on_decoder_output))
         if not self.config.rope or self.config.needs_prior:  # RoPE to remove, or the blank pass to rerun
             for index in range(self._parts.score_layer + 1):
                 hook = self._on_early_layer(index)
@@ -254,10 +255,13 @@ class PruneHandle:
         if located is None:
             self.last = empty_record(self.config, call.batch_size, call.seq_len)
             return NoVideoPrefill(self._parts, self.last)
-        return Prefill(self._parts, located)
+        return Prefill(self._parts, located, logits_to_keep=call.logits_to_keep)
 
     def _on_decoder_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self._forward.enter_decoder(module, hf.read_decoder_call(args, kwargs))
+
+    def _on_decoder_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        return self._forward.leave_decoder(output)
 
     def attend(
         self,

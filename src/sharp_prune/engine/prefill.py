@@ -48,8 +48,9 @@ class _Scores:
 class Prefill(Forward):
     """The steps of one prefill that has video tokens to prune."""
 
-    def __init__(self, parts: Parts, located: Located) -> None:
+    def __init__(self, parts: Parts, located: Located, logits_to_keep: Any = None) -> None:
         self.parts = parts
+        self.logits_to_keep = logits_to_keep  # the model call's: the rows its LM head reads
         self.config = parts.config
         self.located = located
         self.pre: PreStage | None = None
@@ -506,6 +507,16 @@ class Prefill(Forward):
         if sliced is None:
             sliced = self._sliced[id(value)] = slicer(value)
         return sliced
+
+    # ---------------------------------------------------------------------------- the decoder's return
+    def leave_decoder(self, output: Any) -> Any:
+        """The text decoder returned: a pruned output holds L' rows, and a model asked for the last k rows' logits
+        gets its last k hidden states (Gemma 4 would project all L' rows: it cuts only an output as long as the
+        input). Any other call is left as it is."""
+        k = self.logits_to_keep
+        if self.plan is None or self.plan.is_identity or isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            return None
+        return hf.keep_last_rows(output, k)
 
     # ---------------------------------------------------------------------------- the model's return
     def finish(self, output: Any) -> None:

@@ -347,10 +347,6 @@ def count_flops(
     else:
         rows, after = _executed_rows(layout.batch, layout.seq_len), _executed_rows(layout.batch, layout.kept_len)
         tail = _executed_rows(layout.batch, layout.kept_len, q) if q is not None else None
-        if dims.lm_head_slices_full_length_only and q is None and layout.kept_len != layout.input_len:
-            # Gemma 4 takes the last logits_to_keep rows only of an output as long as the input: a pruned one
-            # (L' rows) goes through the LM head whole.
-            lm_rows = layout.batch * layout.kept_len
     segm = pruned_any and config.segment_mask
     if segm:
         # A sliding-window layer keeps its own window under SegM (it is local already).

@@ -115,7 +115,6 @@ def _gemma4_fields(text: Any, vlm: bool) -> dict[str, Any]:
         ),
         per_layer_input_size=int(text.hidden_size_per_layer_input or 0),
         kv_shared_sliceable=bool(shared) and "flash" not in implementation and "flex" not in implementation,
-        lm_head_slices_full_length_only=True,
         vision_bidirectional=vlm and text.use_bidirectional_attention == "vision",
     )
 
@@ -161,8 +160,6 @@ class TextDims:
         per_layer_input_size: d of Gemma 4's per-layer inputs (`hidden_size_per_layer_input`; 0: none).
         kv_shared_sliceable: transformers runs the KV-sharing layers on the last `logits_to_keep` rows of a forward
             with an integer `logits_to_keep` (Gemma 4 under eager or sdpa attention, not flash or flex).
-        lm_head_slices_full_length_only: the LM head takes the last `logits_to_keep` rows only of a decoder output
-            as long as the input (Gemma 4's check); a pruned output (L' rows) goes through it whole.
         vision_bidirectional: in sliding layers the tokens of one frame (one run of video tokens) also attend to the
             later tokens of the frame (Gemma 4's VLM with `use_bidirectional_attention="vision"`).
     """
@@ -197,7 +194,6 @@ class TextDims:
     layer_intermediate_sizes: tuple[int, ...] = ()
     per_layer_input_size: int = 0
     kv_shared_sliceable: bool = False
-    lm_head_slices_full_length_only: bool = False
     vision_bidirectional: bool = False
 
     @classmethod

@@ -54,8 +54,8 @@ class SampleStats:
         seq_len, kept_len: the prefill's sequence length before and after layer K.
         prefill_flops, unpruned_prefill_flops: text-decoder FLOPs of this prefill and of the same prefill
             unpruned (`sharp_prune.measure.flops.prefill_flops`, "executed" convention; the vision tower is the same
-            either way and is not counted); 0 for a model whose text stack the FLOPs model does not count (Gemma 4:
-            the summary's ``flops_not_counted`` says why).
+            either way and is not counted); 0 for a model whose text stack the FLOPs model refuses (the summary's
+            ``flops_not_counted`` says why).
         prefill_s: wall time of the prefill forward in seconds (transformers encodes the video before it);
             None with ``prune_timing=false``.
         error: why the request failed (its video could not be read, it has no video, generation failed), else
@@ -200,7 +200,7 @@ class PrefillStats:
         if row.visual_tokens and "flops_not_counted" not in self.meta:
             try:
                 report = prefill_flops(self.model, record)
-            except UnsupportedModelError as err:  # a text stack the FLOPs model does not count (Gemma 4): 0
+            except UnsupportedModelError as err:  # a text stack the FLOPs model refuses: 0, and the summary says why
                 self.meta["flops_not_counted"] = str(err)
                 logger.warning("sharp-prune: no FLOPs in the statistics: %s", err)
                 return
