@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gemma4_release import requires_gemma4
 
 import sharp_prune as sp
 from sharp_prune.hf_protocol import read_model_call
@@ -35,6 +36,9 @@ from sharp_prune.models.gemma4 import (
 from sharp_prune.models.processors import TorchVideoOps, interpolate_frames
 from sharp_prune.steps.locate import VisualLayout
 from sharp_prune.testing import TinyVideo, sample_of, tiny_inputs, tiny_model
+
+pytestmark = requires_gemma4
+
 
 FAMILY = "gemma4"
 VIDEO, BOI, EOI = tiny_ids.VIDEO_TOKEN_ID, tiny_ids.VISION_START_ID, tiny_ids.VISION_END_ID

@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 import torch
+from gemma4_release import requires_gemma4
 from test_sliding_window import GEMMA4_FEATURES, _gemma4_text, _prompt
 
 import sharp_prune as sp
@@ -24,6 +25,9 @@ from sharp_prune.measure.flops import (
     prefill_flops,
 )
 from sharp_prune.testing import tiny_inputs, tiny_model
+
+pytestmark = requires_gemma4
+
 
 METHODS = [("none", 3), ("fastv", 3), ("random", 2), ("sharp", 3)]  # K <= 3: layers 5, 6 share KV of 3, 4
 VARIANTS = {

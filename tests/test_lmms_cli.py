@@ -18,6 +18,8 @@ import pytest
 pytest.importorskip("lmms_eval")
 pytest.importorskip("av")
 
+from gemma4_release import requires_gemma4  # noqa: E402
+
 import sharp_prune as sp  # noqa: E402
 from sharp_prune.testing import (  # noqa: E402
     synthetic_video,
@@ -424,6 +426,7 @@ def gemma4_workdir(workdir: Path) -> Path:
     return folder
 
 
+@requires_gemma4
 @pytest.mark.parametrize(
     ("videos", "posc", "tokens_per_frame"), [("square", True, 64), ("4:3", False, 63)], ids=["square", "4:3"]
 )
@@ -453,6 +456,7 @@ def test_the_cli_evaluates_a_pruned_gemma4(workdir, gemma4_workdir, videos, posc
     assert "flops_not_counted" not in summary and summary["prefill_tflops"] > 0
 
 
+@requires_gemma4
 def test_gemma4_documents_posc_cannot_prune_fail_alone_saying_why(workdir, gemma4_workdir):
     """4:3 videos under PosC: the frame size is unknown under generate, so each document fails alone (answered "",
     its row says why) and the run goes on, instead of one refused input stopping the whole evaluation."""

@@ -12,6 +12,8 @@ import torch
 
 pytest.importorskip("av")
 
+from gemma4_release import requires_gemma4  # noqa: E402
+
 import sharp_prune as sp  # noqa: E402
 from sharp_prune import video as video_mod  # noqa: E402
 from sharp_prune.cli.run import add_run_parser, format_result  # noqa: E402
@@ -316,6 +318,7 @@ def test_cli_run_with_qwen3_vl_prints_json(qwen3_checkpoint, media, capsys):
 GEMMA4_WIDE_TOKENS, GEMMA4_SQUARE_TOKENS = 63, 64
 
 
+@requires_gemma4
 def test_run_answers_with_gemma4_pruned(gemma4_checkpoint, media):
     model, processor = load_model(gemma4_checkpoint, device="cpu")
     question = "What moves?"
@@ -345,6 +348,7 @@ def test_run_answers_with_gemma4_pruned(gemma4_checkpoint, media):
     assert _hooks_and_attention(model) == (0, "sdpa")  # removed after the failed run too
 
 
+@requires_gemma4
 def test_cli_run_with_gemma4_prunes_a_square_video_with_posc(gemma4_checkpoint, tmp_path, capsys):
     square = synthetic_video(tmp_path / "square.mp4", num_frames=TOTAL, width=48, height=48)
     parser = argparse.ArgumentParser(prog="sharp-prune")

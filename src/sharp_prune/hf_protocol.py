@@ -17,6 +17,10 @@ Protocol history, by release (each entry: what changed, and what this module doe
   the raw pixel inputs (`pixel_values_videos`, `video_grid_thw`) from the prefill's arguments.
 - 5.24: the cache argument `past_key_values` became `cache` in model, layer and attention forwards and in
   model outputs (`output.cache`); `past_key_values` stays a deprecated alias of the model forward until 5.40.
+- Gemma 4, as read on 5.24 (`GEMMA4_FLOOR`): KV sharing described by `config.kv_sharing_modes` ("store" /
+  "reuse"), the video forward taking `num_frames_per_video`. 5.20's Gemma 4 shares KV by another rule (no
+  `kv_sharing_modes`) and its video forward differs; Gemma 4 models are refused at `apply` before 5.24
+  (`check_release_supports`).
 - hybrid linear-attention stacks (Qwen3.5), as read on 5.24: a `DynamicCache(config=...)` holds
   `LinearAttentionLayer`s (`Cache.is_linear`) whose `get_seq_length(i)` raises (`has_previous_state(i)` tells a
   started state); `cache.get_seq_length()` and the causal mask's length read the first full-attention layer; the
@@ -533,6 +537,27 @@ LINEAR_ATTENTION = "linear_attention"
 LAYER_KINDS = (FULL_ATTENTION, SLIDING_ATTENTION, LINEAR_ATTENTION)
 
 
+# The first release whose Gemma 4 classes sharp-prune was built and tested against (see the history above).
+GEMMA4_FLOOR = "5.24.0"
+
+
+def gemma4_supported(version: str | None = None) -> bool:
+    """Whether the installed (or given) transformers has the Gemma 4 classes sharp-prune prunes."""
+    return Version(version or installed_version()) >= Version(GEMMA4_FLOOR)
+
+
+def check_release_supports(config: Any, model: str = "this model") -> None:
+    """Refuse, with `UnsupportedModelError`, a model whose classes in the installed release are older than the ones
+    sharp-prune was built against (Gemma 4 before `GEMMA4_FLOOR`): they would be pruned by rules they do not follow."""
+    model_type = str(getattr(config, "model_type", "") or "")
+    if model_type.startswith("gemma4") and not gemma4_supported():
+        raise UnsupportedModelError(
+            f"{model} is a Gemma 4 model, and transformers {installed_version()} is installed; sharp-prune prunes "
+            f"Gemma 4 from transformers {GEMMA4_FLOOR} on (earlier releases share keys and values between layers, "
+            f"and take videos, by other rules): pip install 'transformers>={GEMMA4_FLOOR},<{TESTED_CAP}'."
+        )
+
+
 def layer_kinds(config: Any, num_layers: int, model: str = "this model") -> tuple[str, ...]:
     """The kind of each decoder layer (`config.layer_types`; a config without it has full attention everywhere).
 
@@ -541,6 +566,7 @@ def layer_kinds(config: Any, num_layers: int, model: str = "this model") -> tupl
     `use_bidirectional_attention="vision"` is causal outside images and frames: its sliding layers attend both ways
     inside each one, which the masks the layers receive already say (they are sliced, never rebuilt).
     """
+    check_release_supports(config, model)
     bidirectional = getattr(config, "use_bidirectional_attention", None)
     if bidirectional and bidirectional != "vision":
         raise UnsupportedModelError(
