@@ -511,14 +511,10 @@ def unshared():
     """Six layers without KV sharing (full, sliding, sliding, full, sliding, full): K = 4 scores at layer 3, so the
     blank pass reruns three layers whose per-layer inputs depend on the frames' embeddings."""
     from sharp_prune.models import tiny
-    from sharp_prune.models.gemma4 import tiny_gemma4_config
+    from sharp_prune.models.gemma4 import draw_patch_positions, tiny_gemma4_config
 
     build = tiny.builder("Gemma4ForConditionalGeneration", lambda n: tiny_gemma4_config(n, shared_kv_layers=0))
-    model = build(6, "sdpa", torch.float32, 0)
-    table = model.model.vision_tower.patch_embedder.position_embedding_table
-    with torch.no_grad():
-        table.copy_(torch.randn(table.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
-    return model
+    return draw_patch_positions(build(6, "sdpa", torch.float32, 0), 0)
 
 
 @pytest.mark.parametrize("layer", [2, 4])

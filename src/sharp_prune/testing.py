@@ -231,13 +231,7 @@ def _smollm2_tokenizer(tokenizer_dir: str | Path | None, special_tokens: list[st
     with `special_tokens` added."""
     from transformers import AutoTokenizer
 
-    if tokenizer_dir is None:
-        from .smollm2 import DEFAULT_CACHE, load_smollm2
-
-        if not (DEFAULT_CACHE / "tokenizer.json").is_file():
-            load_smollm2()  # dequantises the GGUF once and fills the cache
-        tokenizer_dir = DEFAULT_CACHE
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(_smollm2_dir(tokenizer_dir))
     tokenizer.add_special_tokens({"additional_special_tokens": special_tokens})
     return tokenizer
 
@@ -529,7 +523,7 @@ def tiny_gemma4_checkpoint(
     from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
     from transformers.utils import is_torchvision_available
 
-    from .models.gemma4 import POOLING, tiny_gemma4_config, torch_video_processors
+    from .models.gemma4 import POOLING, draw_patch_positions, tiny_gemma4_config, torch_video_processors
     from .models.processors import accepting_processor_class
 
     folder = Path(path)
@@ -550,10 +544,7 @@ def tiny_gemma4_checkpoint(
     )
     config.tie_word_embeddings = config.text_config.tie_word_embeddings = False  # untied: answers in words
     torch.manual_seed(seed)
-    model = Gemma4ForConditionalGeneration(config).eval()
-    table = model.model.vision_tower.patch_embedder.position_embedding_table
-    with torch.no_grad():  # drawn at random, as `tiny_model("gemma4")` does (transformers' ones make patches alike)
-        table.copy_(torch.randn(table.shape, generator=torch.Generator().manual_seed(seed)) * 0.5)
+    model = draw_patch_positions(Gemma4ForConditionalGeneration(config).eval(), seed)  # as tiny_model("gemma4")
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = pad_id
     model.save_pretrained(folder)

@@ -377,16 +377,20 @@ def tiny_gemma4_config(num_layers: int, shared_kv_layers: int | None = None, **t
     return tiny.with_text_ids(config, text)
 
 
-def tiny_gemma4(num_layers: int, attn_implementation: str, dtype: torch.dtype, seed: int) -> nn.Module:
-    """`TinyModel.build`: the tiny model, its patch position table drawn at random (transformers initialises it to
-    ones, which would make every patch of a uniform frame alike; checkpoints have learned ones)."""
-    build = tiny.builder("Gemma4ForConditionalGeneration", tiny_gemma4_config)
-    model = build(num_layers, attn_implementation, dtype, seed)
+def draw_patch_positions(model: nn.Module, seed: int) -> nn.Module:
+    """Draw a Gemma 4 model's patch position table at random (transformers initialises it to ones, which would make
+    every patch of a uniform frame alike; checkpoints have learned ones); returns the model."""
     table = model.model.vision_tower.patch_embedder.position_embedding_table
     with torch.no_grad():
         generator = torch.Generator().manual_seed(seed)
         table.copy_(torch.randn(table.shape, generator=generator).to(table.dtype) * 0.5)
     return model
+
+
+def tiny_gemma4(num_layers: int, attn_implementation: str, dtype: torch.dtype, seed: int) -> nn.Module:
+    """`TinyModel.build`: the tiny model, its patch position table drawn at random (`draw_patch_positions`)."""
+    build = tiny.builder("Gemma4ForConditionalGeneration", tiny_gemma4_config)
+    return draw_patch_positions(build(num_layers, attn_implementation, dtype, seed), seed)
 
 
 def video_ids(frames: int, tokens_per_frame: int, generator: torch.Generator) -> torch.Tensor:
